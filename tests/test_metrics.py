@@ -1,6 +1,7 @@
 """lmc.metrics against independent references: scikit-image SSIM, numpy MSE/MAE/PSNR, lpips."""
 import os
 import socket
+import zlib
 
 import numpy as np
 import pytest
@@ -73,7 +74,7 @@ def real_looking(n: int, t: int, size: int = 64, seed: int = 0):
     ],
 )
 def test_ssim_matches_skimage(kind, shape):
-    g = torch.Generator().manual_seed(hash(kind) % 2**31)
+    g = torch.Generator().manual_seed(zlib.crc32(kind.encode()))  # stable across runs
     if kind.startswith("real"):
         n, t, c, h, w = shape
         pred, target = real_looking(n, t * c, size=h)
@@ -282,32 +283,32 @@ def seeded_alexnet_home(tmp_path_factory):
     return home
 
 
-@pytest.mark.parametrize("channels", [1, 3])
-def test_lpips_wrapper_equals_lpips_package(seeded_alexnet_home, monkeypatch, no_network,
-                                            channels):
+@pytest.mark.filterwarnings("ignore:.*(pretrained|weight enum).*:UserWarning")
+def test_lpips_wrapper_equals_lpips_package(seeded_alexnet_home, monkeypatch, no_network):
     import lpips
 
     use_torch_home(monkeypatch, seeded_alexnet_home)
     assert lpips_status()[0]
     metric = load_lpips("cpu")
     assert isinstance(metric, LPIPSMetric)
+    # the package itself, built the usual way (torchvision loads the cached file)
+    direct = lpips.LPIPS(net="alex", verbose=False)
 
     g = torch.Generator().manual_seed(3)
-    target = torch.rand(2, 3, channels, 64, 64, generator=g)
-    pred = target + 0.3 * torch.randn(target.shape, generator=g)
-    got = metric(pred, target)
-    assert got.shape == (2, 3)
+    for channels in (1, 3):
+        target = torch.rand(2, 3, channels, 64, 64, generator=g)
+        pred = target + 0.3 * torch.randn(target.shape, generator=g)  # partly outside [0, 1]
+        got = metric(pred, target)
+        assert got.shape == (2, 3)
 
-    # the package itself, built the usual way (torchvision loads the cached file), on the inputs
-    # mapped by hand: clamp, [0, 1] -> [-1, 1], grayscale repeated to 3 channels
-    direct = lpips.LPIPS(net="alex", verbose=False)
-    x = pred.clamp(0, 1).reshape(6, channels, 64, 64) * 2 - 1
-    y = target.reshape(6, channels, 64, 64) * 2 - 1
-    if channels == 1:
-        x, y = x.repeat(1, 3, 1, 1), y.repeat(1, 3, 1, 1)
-    with torch.no_grad():
-        want = direct(x, y).reshape(2, 3).double()
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
-    assert (want > 0).all()
-    # identical frames give 0
-    assert torch.allclose(metric(target, target), torch.zeros(2, 3, dtype=torch.float64))
+        # the inputs mapped by hand: clamp, [0, 1] -> [-1, 1], grayscale repeated to 3 channels
+        x = pred.clamp(0, 1).reshape(6, channels, 64, 64) * 2 - 1
+        y = target.reshape(6, channels, 64, 64) * 2 - 1
+        if channels == 1:
+            x, y = x.repeat(1, 3, 1, 1), y.repeat(1, 3, 1, 1)
+        with torch.no_grad():
+            want = direct(x, y).reshape(2, 3).double()
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+        assert (want > 0).all()
+        # identical frames give 0
+        assert torch.allclose(metric(target, target), torch.zeros(2, 3, dtype=torch.float64))
