@@ -1,0 +1,191 @@
+"""Model structure, configs and their errors, and Algorithm 1's freezing rules."""
+import dataclasses
+
+import pytest
+import torch
+
+import lmc
+
+SMALL = dict(img_size=32, short_len=9, long_len=12, out_len=4, width=0.0625, memory_slots=8,
+             convlstm_layers=2, warmup_iterations=0)
+
+
+def small_cfg(**kw):
+    return lmc.preset("tiny", **{**SMALL, **kw})
+
+
+def test_paper_presets_have_the_reference_architecture():
+    assert lmc.LMCModel(lmc.preset("paper-mmnist")).num_parameters() == 33_911_825
+    assert lmc.LMCModel(lmc.preset("paper-kth")).num_parameters() == 33_911_825
+    kth = lmc.preset("paper-kth")
+    assert (kth.img_size, kth.short_len, kth.long_len, kth.out_len) == (128, 10, 40, 40)
+    assert kth.output_activation == "sigmoid"
+    h36m = lmc.preset("paper-h36m")
+    assert (h36m.channels, h36m.img_size, h36m.long_len, h36m.out_len) == (3, 64, 40, 40)
+    # RGB changes only the first conv of E_sp and both C3D stacks, and the last deconv
+    extra = lmc.LMCModel(h36m).num_parameters() - 33_911_825
+    assert extra == 64 * 2 * 9 + 2 * (64 * 2 * 27) + 64 * 2 * 9 + 2   # two more input/output channels
+
+
+@pytest.mark.parametrize("query", ["local", "global", "none"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_shapes_and_output_range(query, channels):
+    cfg = small_cfg(query=query, channels=channels, output_activation="sigmoid")
+    model = lmc.LMCModel(cfg)
+    short = torch.rand(2, 9, channels, 32, 32)
+    long = torch.rand(2, 12, channels, 32, 32)
+    pred = model(short, out_len=6)
+    assert pred.shape == (2, 6, channels, 32, 32)
+    assert 0 <= pred.min() and pred.max() <= 1
+    if query != "none":
+        assert model(short, long=long, out_len=3).shape == (2, 3, channels, 32, 32)
+        f_mem, addressing = model.memory_addressing(long, phase=1)
+        queries = 4 if query == "local" else 1            # (32/16)^2 local cells or one pooled
+        assert addressing.shape == (2, queries, 8)
+        assert torch.allclose(addressing.sum(-1), torch.ones(2, queries))
+
+
+def test_local_memory_read_is_eq_1_and_2():
+    """F_mem at each cell = softmax_i(cos(z_l, m_i)) @ M, computed here by hand."""
+    torch.manual_seed(0)
+    model = lmc.LMCModel(small_cfg())
+    clip = torch.rand(1, 9, 1, 32, 32)
+    f_mem, addressing = model.memory_addressing(clip, phase=2)
+    z = model.motion_matching_encoder(clip)[0]                 # (c, 2, 2)
+    m = model.memory.slots
+    for y in range(2):
+        for x in range(2):
+            q = z[:, y, x]
+            cos = torch.stack([torch.dot(q, mi) / (q.norm() * mi.norm()) for mi in m])
+            a = torch.exp(cos) / torch.exp(cos).sum()
+            assert torch.allclose(addressing[0, y * 2 + x], a, atol=1e-6)
+            assert torch.allclose(f_mem[0, :, y, x], a @ m, atol=1e-5)
+
+
+def test_rollout_feeds_predictions_back_and_is_causal():
+    """Changing a late input frame changes no prediction made before it is seen; the first
+    prediction is made right after the last input (no teacher forcing)."""
+    torch.manual_seed(0)
+    model = lmc.LMCModel(small_cfg(query="none"))
+    short = torch.rand(1, 9, 1, 32, 32)
+    a = model(short, out_len=3)
+    b = model(short, out_len=5)
+    assert torch.allclose(a, b[:, :3], atol=1e-6)   # longer rollouts extend, not change, the start
+
+
+def test_fused_convlstm_matches_two_convolutions():
+    torch.manual_seed(0)
+    cell = lmc.model.ConvLSTMCell(6, 5)
+    x, h, c = torch.randn(2, 6, 8, 8), torch.randn(2, 5, 8, 8), torch.randn(2, 5, 8, 8)
+    w_x, w_h = cell.weight.split([6, 5], dim=1)
+    gx = torch.nn.functional.conv2d(x, w_x, cell.bias_x, padding=1)
+    gh = torch.nn.functional.conv2d(h, w_h, cell.bias_h, padding=1)
+    i, g, f, o = (gx + gh).chunk(4, dim=1)
+    c_ref = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    h_ref = torch.sigmoid(o) * torch.tanh(c_ref)
+    h_new, c_new = cell(x, h, c)
+    assert torch.allclose(h_new, h_ref, atol=1e-6) and torch.allclose(c_new, c_ref, atol=1e-6)
+
+
+def snapshot(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def same(a, b):
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_phase2_freezes_memory_and_context_encoder_phase1_freezes_matching_encoder():
+    torch.manual_seed(0)
+    model = lmc.LMCModel(small_cfg())
+    align = lmc.MemoryAlignment(model, lr=1e-2)
+    window = torch.rand(2, 13, 1, 32, 32)
+    short, target, long = window[:, :9], window[:, 9:13], window[:, 1:13]
+    for _ in range(2):  # a second iteration: Adam has momentum for every parameter by then
+        m0, lmc0, mm0 = snapshot(model.memory), snapshot(model.motion_context_encoder), \
+            snapshot(model.motion_matching_encoder)
+        dec0 = snapshot(model.decoder)
+        align._phase(1, short, long, target, 4)
+        assert same(mm0, snapshot(model.motion_matching_encoder)), "E_MM moved in phase 1"
+        assert not same(m0, snapshot(model.memory)), "M must learn in phase 1"
+        assert not same(lmc0, snapshot(model.motion_context_encoder))
+        m1, lmc1 = snapshot(model.memory), snapshot(model.motion_context_encoder)
+        dec1 = snapshot(model.decoder)
+        align._phase(2, short, None, target, 4)
+        assert same(m1, snapshot(model.memory)), "M moved in phase 2"
+        assert same(lmc1, snapshot(model.motion_context_encoder)), "E_LMC moved in phase 2"
+        assert not same(mm0, snapshot(model.motion_matching_encoder)), "E_MM must learn in phase 2"
+        assert not same(dec0, dec1) and not same(dec1, snapshot(model.decoder))
+
+
+def test_alignment_step_offsets_warmup_and_determinism():
+    def run(seed):
+        torch.manual_seed(seed)
+        model = lmc.LMCModel(small_cfg(warmup_iterations=1, warmup_out_len=2))
+        align = lmc.MemoryAlignment(model, lr=1e-3)
+        window = torch.rand(2, 13, 1, 32, 32, generator=torch.Generator().manual_seed(1))
+        return [align.step(window) for _ in range(3)], model
+
+    a, model_a = run(0)
+    b, model_b = run(0)
+    assert a == b and same(snapshot(model_a), snapshot(model_b))     # seeded: same numbers
+    assert set(a[0]) == {"loss_phase1", "loss_phase2"}
+
+    align = lmc.MemoryAlignment(lmc.LMCModel(small_cfg()))
+    with pytest.raises(ValueError, match=r"long_start must be in \[0, 1\]"):
+        align.step(torch.rand(1, 13, 1, 32, 32), long_start=2)
+    with pytest.raises(ValueError, match=r"short_len \+ out_len = 13"):
+        align.step(torch.rand(1, 12, 1, 32, 32))
+    # r is drawn from [0, short+out-long] = {0, 1}: both values show up
+    seen = {int(torch.randint(0, 2, (1,), generator=align.generator)) for _ in range(50)}
+    assert seen == {0, 1}
+
+
+def test_non_finite_loss_names_iteration_and_phase_and_keeps_weights():
+    model = lmc.LMCModel(small_cfg())
+    align = lmc.MemoryAlignment(model)
+    before = snapshot(model)
+    window = torch.rand(1, 13, 1, 32, 32)
+    window[0, 10, 0, 0, 0] = float("nan")
+    with pytest.raises(lmc.NonFiniteLossError, match="iteration 0 in phase 1"):
+        align.step(window, long_start=0)
+    assert same(before, snapshot(model))
+
+
+@pytest.mark.parametrize("field, value, allowed", [
+    ("img_size", 72, "multiple of 16"),
+    ("img_size", 8, "multiple of 16"),
+    ("short_len", 8, ">= 9"),
+    ("long_len", 51, "long_len <= short_len \\+ out_len = 50"),
+    ("long_len", 5, "9 <= long_len"),
+    ("channels", 2, "1 \\(grayscale\\) or 3 \\(RGB\\)"),
+    ("memory_slots", 0, ">= 1"),
+    ("query", "nonlocal", "local \\| global \\| none"),
+    ("output_activation", "tanh", "linear \\| sigmoid"),
+    ("width", 0, "\\(0, 4\\]"),
+    ("lr", -1.0, "> 0"),
+])
+def test_invalid_configs_name_the_field_and_allowed_values(field, value, allowed):
+    with pytest.raises(lmc.ConfigError, match=f"'{field}' = {value!r}.*allowed: .*{allowed}"):
+        lmc.preset("paper-kth", **{field: value})
+    with pytest.raises(lmc.ConfigError):   # replace() validates too
+        dataclasses.replace(lmc.preset("paper-kth"), **{field: value})
+
+
+def test_unknown_preset_and_field():
+    with pytest.raises(lmc.ConfigError, match="allowed: paper-mmnist, paper-kth, paper-h36m, tiny"):
+        lmc.preset("paper-ucf")
+    with pytest.raises(lmc.ConfigError, match=r"unknown config field\(s\) \['slots'\]"):
+        lmc.preset("tiny", slots=3)
+    cfg = lmc.preset("paper-kth")
+    assert lmc.LMCConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_bad_model_input_is_a_clear_error():
+    model = lmc.LMCModel(small_cfg())
+    with pytest.raises(ValueError, match=r"'short' frames are 3x32x32 .* expects 1x32x32"):
+        model(torch.rand(1, 9, 3, 32, 32))
+    with pytest.raises(ValueError, match=r"'short' must be a \(N, T, C, H, W\) tensor"):
+        model(torch.rand(9, 1, 32, 32))
+    with pytest.raises(ValueError, match="'long' has 5 frames; this model needs >= 9"):
+        model(torch.rand(1, 9, 1, 32, 32), long=torch.rand(1, 5, 1, 32, 32))
