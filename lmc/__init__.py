@@ -14,18 +14,14 @@ drivers live in their own modules and import Ray only when used.
 from .alignment import MemoryAlignment, NonFiniteLossError, prediction_loss
 from .config import PRESETS, ConfigError, LMCConfig, preset
 from .model import LMCModel
+from .metrics import (PROTOCOLS, LPIPSMetric, LPIPSUnavailable, MetricAccumulator, frame_metrics,
+                      load_lpips, lpips_status, summarize)
 from .reference import CheckpointError, from_reference_checkpoint
 
 __all__ = [
     "LMCConfig", "ConfigError", "PRESETS", "preset",
     "LMCModel", "MemoryAlignment", "NonFiniteLossError", "prediction_loss",
-    "from_reference_checkpoint", "CheckpointError", "frame_metrics",
+    "from_reference_checkpoint", "CheckpointError",
+    "frame_metrics", "PROTOCOLS", "summarize", "MetricAccumulator",
+    "load_lpips", "lpips_status", "LPIPSMetric", "LPIPSUnavailable",
 ]
-
-
-def __getattr__(name):
-    # metrics pull in torch-only helpers; imported on first use
-    if name == "frame_metrics":
-        from .metrics import frame_metrics
-        return frame_metrics
-    raise AttributeError(f"module 'lmc' has no attribute {name!r}")

@@ -1,0 +1,107 @@
+"""This project's checkpoints: a folder with the weights, the training state and the config.
+
+    <dir>/model.pt       model state dict (tensors only)
+    <dir>/train_state.pt optimizer state, iteration, RNG states (torch, numpy, python, generator)
+    <dir>/config.json    the LMCConfig the weights belong to
+
+Every file is written to a temporary name and renamed, so a reader never sees half a file;
+every read uses ``weights_only=True``, so loading never executes code from the file. A
+reference (paper authors') ``.pt`` file is accepted too wherever a model checkpoint is read.
+Plain PyTorch, no Ray: Ray Train wraps the folder in ``ray.train.Checkpoint``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import LMCConfig
+from .model import LMCModel
+from .reference import CheckpointError, from_reference_checkpoint, load_matching
+
+MODEL_FILE, STATE_FILE, CONFIG_FILE = "model.pt", "train_state.pt", "config.json"
+
+
+def _atomic_save(obj, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        if path.suffix == ".json":
+            Path(tmp).write_text(json.dumps(obj, indent=2, sort_keys=True))
+        else:
+            torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+            "python": random.getstate()}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+def save_checkpoint(directory, model, cfg: LMCConfig, train_state: dict | None = None) -> Path:
+    """Write ``model`` (unwrapped from DDP if needed), ``cfg`` and an optional training state
+    (e.g. ``{"alignment": align.state_dict(), "rng": rng_state(), ...}``) into ``directory``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    core = model.module if hasattr(model, "module") else model
+    _atomic_save({k: v.detach().cpu() for k, v in core.state_dict().items()}, directory / MODEL_FILE)
+    if train_state is not None:
+        _atomic_save(train_state, directory / STATE_FILE)
+    _atomic_save(cfg.to_dict(), directory / CONFIG_FILE)   # last: its presence marks completeness
+    return directory
+
+
+def load_config(directory) -> LMCConfig:
+    path = Path(directory) / CONFIG_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{directory} is not a checkpoint folder: {CONFIG_FILE} is missing")
+    try:
+        return LMCConfig.from_dict(json.loads(path.read_text()))
+    except (json.JSONDecodeError, TypeError) as e:
+        raise CheckpointError(f"{path} is corrupt: {e}") from None
+
+
+def load_model(path, cfg: LMCConfig | None = None, map_location="cpu") -> LMCModel:
+    """A model from a checkpoint folder of this project, or from a reference ``.pt`` file
+    (then ``cfg`` is required: the reference files carry no config). ``cfg``, when given for a
+    folder, must match the architecture stored there (mismatched keys are listed)."""
+    path = Path(path)
+    if path.is_file():
+        if cfg is None:
+            raise CheckpointError(f"{path} is a single weights file (the reference's format); "
+                                  "give the config it was trained with, e.g. preset('paper-kth')")
+        return from_reference_checkpoint(str(path), cfg)
+    stored = load_config(path)
+    cfg = cfg or stored
+    model = LMCModel(cfg)
+    state = _load(path / MODEL_FILE, map_location)
+    load_matching(model, state, str(path / MODEL_FILE))
+    return model
+
+
+def load_train_state(directory, map_location="cpu") -> dict:
+    return _load(Path(directory) / STATE_FILE, map_location)
+
+
+def _load(path: Path, map_location):
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file missing: {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{path} is corrupt or not a checkpoint "
+                              f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
