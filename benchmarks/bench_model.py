@@ -1,0 +1,119 @@
+"""Time one memory-alignment iteration and one 10->30 inference of the LMC-Memory model on CPU,
+against a straightforward per-frame implementation of the same math (benchmarks/naive_model.py).
+
+    python benchmarks/bench_model.py                     # paper-mmnist architecture, batch 2
+    python benchmarks/bench_model.py --preset tiny --batch 8 --repeats 5
+
+Both models hold the same weights; their outputs are compared before anything is timed.
+Timings alternate between the implementations so machine noise hits both alike; the ratio
+of medians is what to read. Also times the optimised model with channels_last and bf16.
+"""
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import lmc  # noqa: E402
+from naive_model import NaiveLMC  # noqa: E402
+
+
+def naive_train_step(model, opt, short, long, target):
+    for phase_long in (long, None):           # phase 1 then phase 2, as Algorithm 1
+        opt.zero_grad(set_to_none=True)
+        loss = lmc.prediction_loss(model(short, long=phase_long, out_len=target.shape[1]), target)
+        loss.backward()
+        opt.step()
+
+
+def timed(fn):
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="paper-mmnist")
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--skip-train", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    cfg = lmc.preset(args.preset, warmup_iterations=0)
+    s, k = cfg.short_len, cfg.out_len
+    window = torch.rand(args.batch, s + k, cfg.channels, cfg.img_size, cfg.img_size)
+    short, long, target = window[:, :s], window[:, :cfg.long_len], window[:, s:]
+    fast = lmc.LMCModel(cfg)
+    naive = NaiveLMC(fast)
+    print(f"{args.preset}: {fast.num_parameters():,} parameters, batch {args.batch}, "
+          f"{s}->{k}, {args.threads} threads, torch {torch.__version__}")
+
+    with torch.no_grad():
+        a, b = fast(short, out_len=k), naive(short, out_len=k)
+    err = float((a - b).norm() / b.norm())
+    print(f"same function: relative difference {err:.2e}")
+    assert err < 1e-5, "the implementations disagree; timings would be meaningless"
+
+    def infer(model, **kw):
+        with torch.no_grad():
+            model(short, out_len=k, **kw)
+
+    fast_cl = lmc.LMCModel(cfg)
+    fast_cl.load_state_dict(fast.state_dict())
+    for p in fast_cl.parameters():   # 2D kernels only; the C3D kernels are 5-D
+        if p.dim() == 4:
+            p.data = p.data.contiguous(memory_format=torch.channels_last)
+
+    def infer_bf16():
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            fast(short, out_len=k)
+
+    variants = {
+        "naive per-frame": lambda: infer(naive),
+        "lmc (batched E_sp, fused gates)": lambda: infer(fast),
+        "lmc + channels_last": lambda: infer(fast_cl),
+        "lmc + bf16 autocast": infer_bf16,
+    }
+    infer_times = {name: [] for name in variants}
+    for fn in variants.values():   # warm-up
+        fn()
+    for _ in range(args.repeats):
+        for name, fn in variants.items():
+            infer_times[name].append(timed(fn))
+    base = statistics.median(infer_times["naive per-frame"])
+    print(f"\ninference {s}->{k} (batch {args.batch}), median of {args.repeats}:")
+    for name, ts in infer_times.items():
+        med = statistics.median(ts)
+        print(f"  {name:34s} {med:8.3f} s   speed-up x{base / med:.2f}")
+
+    if args.skip_train:
+        return
+    align = lmc.MemoryAlignment(fast, lr=cfg.lr, warmup_iterations=0)
+    opt = torch.optim.Adam(naive.parameters(), lr=cfg.lr)
+    train = {
+        "naive per-frame": lambda: naive_train_step(naive, opt, short, long, target),
+        "lmc MemoryAlignment.step": lambda: align.step(window, long_start=0),
+    }
+    for fn in train.values():      # warm-up (allocates Adam state)
+        fn()
+    train_times = {name: [] for name in train}
+    for _ in range(args.repeats):
+        for name, fn in train.items():
+            train_times[name].append(timed(fn))
+    base = statistics.median(train_times["naive per-frame"])
+    print(f"\ntraining iteration (phase 1 + phase 2, batch {args.batch}), median of {args.repeats}:")
+    for name, ts in train_times.items():
+        med = statistics.median(ts)
+        print(f"  {name:34s} {med:8.3f} s   speed-up x{base / med:.2f}")
+
+
+if __name__ == "__main__":
+    main()
