@@ -1,0 +1,185 @@
+"""Decode videos with decord, isolated from the process that asked.
+
+decord (0.6) wraps ffmpeg and can crash the whole process on corrupt data. A Ray worker that
+dies takes its task (and, after retries, the dataset job) with it, so decoding runs in a
+long-lived child process per worker (`IsolatedDecoder`). If the child dies or hangs, the video is
+reported as skipped with the reason and a fresh child is started for the next one.
+
+Frames are resized at decode (`VideoReader(width=, height=)`); grayscale is the BT.601 luma of
+the decoded RGB frame (0.299 R + 0.587 G + 0.114 B, rounded), never one colour channel.
+
+Protocol (child <-> parent, over pipes): one JSON request line; one JSON reply line, followed by
+`nbytes` raw bytes when the reply carries frames.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+_LUMA = np.array([299, 587, 114], dtype=np.uint32)  # BT.601, in thousandths
+
+
+class DecodeError(Exception):
+    """A video that cannot be used; the message is the reason recorded in errors.jsonl."""
+
+
+def luma(rgb: np.ndarray) -> np.ndarray:
+    """(..., 3) uint8 RGB -> (..., 1) uint8 BT.601 luma, rounded half up."""
+    y = (rgb.astype(np.uint32) @ _LUMA + 500) // 1000
+    return y.astype(np.uint8)[..., None]
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    num_frames: int
+    width: int    # native size, before resizing
+    height: int
+    fps: float
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+
+
+class _Reader:
+    """In-process decord reader for one file (used inside the child, and by benchmarks)."""
+
+    def __init__(self, path: str, size: int, channels: int, threads: int = 1):
+        import decord  # imported lazily: only decoding processes need it
+
+        try:
+            probe = decord.VideoReader(path, num_threads=1)
+            n = len(probe)
+            if n == 0:
+                raise DecodeError("video has no frames")
+            h, w = probe[0].shape[:2]
+            fps = float(probe.get_avg_fps())
+            del probe
+            self.vr = decord.VideoReader(path, width=size, height=size, num_threads=threads)
+        except DecodeError:
+            raise
+        except Exception as exc:  # decord raises its own error types for unreadable input
+            raise DecodeError(f"cannot open video: {_first_line(exc)}") from None
+        self.info = VideoInfo(num_frames=n, width=int(w), height=int(h), fps=fps)
+        self.channels = channels
+
+    def read(self, start: int, stop: int, step: int = 1) -> np.ndarray:
+        """Frames [start, stop) every `step` -> (T, size, size, channels) uint8."""
+        try:
+            rgb = self.vr.get_batch(list(range(start, stop, step))).asnumpy()  # (T, H, W, 3)
+        except Exception as exc:
+            raise DecodeError(f"decode failed in frames {start}-{stop - 1}: "
+                              f"{_first_line(exc)}") from None
+        return luma(rgb) if self.channels == 1 else rgb
+
+
+def _serve() -> None:
+    """Child main loop: answer open/read requests until stdin closes."""
+    out = sys.stdout.buffer
+    reader: _Reader | None = None
+    for line in sys.stdin.buffer:
+        req = json.loads(line)
+        payload = b""
+        try:
+            if req["op"] == "open":
+                reader = None
+                reader = _Reader(req["path"], req["size"], req["channels"], req["threads"])
+                reply = {"ok": True, **reader.info.__dict__}
+            else:
+                frames = np.ascontiguousarray(reader.read(req["start"], req["stop"], req["step"]))
+                payload = frames.tobytes()
+                reply = {"ok": True, "shape": list(frames.shape), "nbytes": len(payload)}
+        except DecodeError as exc:
+            reply = {"ok": False, "reason": str(exc)}
+        except Exception as exc:  # never let the child die on a Python-level error
+            reply = {"ok": False, "reason": f"decoder error: {_first_line(exc)}"}
+        out.write(json.dumps(reply).encode() + b"\n")
+        out.write(payload)
+        out.flush()
+
+
+class IsolatedDecoder:
+    """Decode in a child process; a crash or hang becomes a `DecodeError`, never ours."""
+
+    def __init__(self, timeout_s: float = 600.0):
+        self.timeout_s = timeout_s
+        self._proc: subprocess.Popen | None = None
+        self._stderr = None
+
+    def _start(self) -> subprocess.Popen:
+        env = dict(os.environ)
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        self._stderr = tempfile.TemporaryFile()
+        self._proc = subprocess.Popen(
+            [sys.executable, "-c", "from pipeline.decode import _serve; _serve()"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, env=env)
+        return self._proc
+
+    def _call(self, request: dict) -> tuple[dict, bytes]:
+        proc = self._proc if self._proc and self._proc.poll() is None else self._start()
+        fired = threading.Event()
+        timer = threading.Timer(self.timeout_s, lambda: (fired.set(), proc.kill()))
+        timer.start()
+        try:
+            proc.stdin.write(json.dumps(request).encode() + b"\n")
+            proc.stdin.flush()
+            header = proc.stdout.readline()
+            reply = json.loads(header) if header else None
+            payload = proc.stdout.read(reply["nbytes"]) if reply and reply.get("nbytes") else b""
+        except (BrokenPipeError, OSError, ValueError):
+            reply, payload = None, b""
+        finally:
+            timer.cancel()
+        if reply is None or (reply.get("nbytes") and len(payload) != reply["nbytes"]):
+            raise DecodeError(self._death_reason(proc, fired.is_set()))
+        if not reply["ok"]:
+            raise DecodeError(reply["reason"])
+        return reply, payload
+
+    def _death_reason(self, proc: subprocess.Popen, timed_out: bool) -> str:
+        code = proc.wait()
+        self._proc = None
+        if timed_out:
+            return f"decoder timed out after {self.timeout_s:.0f} s"
+        what = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+        self._stderr.seek(0)
+        tail = self._stderr.read().decode(errors="replace").strip().splitlines()[-1:]
+        return f"decoder crashed ({what})" + (f": {tail[0][:200]}" if tail else "")
+
+    def open(self, path: str, *, size: int, channels: int, threads: int = 1) -> VideoInfo:
+        reply, _ = self._call({"op": "open", "path": path, "size": size, "channels": channels,
+                               "threads": threads})
+        return VideoInfo(reply["num_frames"], reply["width"], reply["height"], reply["fps"])
+
+    def read(self, start: int, stop: int, step: int = 1) -> np.ndarray:
+        """Frames [start, stop) every `step` of the open video -> (T, S, S, C) uint8."""
+        reply, payload = self._call({"op": "read", "start": start, "stop": stop, "step": step})
+        return np.frombuffer(payload, np.uint8).reshape(reply["shape"])
+
+    def close(self) -> None:
+        if self._proc is not None:
+            self._proc.stdin.close()
+            self._proc.wait()
+            self._proc = None
+
+
+_worker_decoder: IsolatedDecoder | None = None
+
+
+def worker_decoder(timeout_s: float) -> IsolatedDecoder:
+    """This process's decoder child (one per Ray worker, reused across tasks)."""
+    global _worker_decoder
+    if _worker_decoder is None:
+        _worker_decoder = IsolatedDecoder(timeout_s)
+    _worker_decoder.timeout_s = timeout_s
+    return _worker_decoder

@@ -1,0 +1,153 @@
+"""Reading shards back: Ray Datasets for training, plain pyarrow for evaluation.
+
+Training: `load_split(path, "train")` -> a Ray Dataset (hand it to Ray Train's `datasets=`), and
+on each worker `iter_train_batches(ray.train.get_dataset_shard("train"), ...)` -> dicts with a
+float window `(N, short_len + out_len, C, H, W)` in [0, 1] and the long clip's offset r, drawn
+once per batch uniformly from [0, short_len + out_len - long_len] (DESIGN §4) with a seeded RNG.
+
+Evaluation: `iter_test_windows(path, batch_size=...)` reads the test shards with pyarrow only,
+in a fixed order (sorted by video id, then start frame), whatever order the shards were written.
+"""
+from __future__ import annotations
+
+import itertools
+from collections import OrderedDict
+from typing import Iterator
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from pipeline.shards import FRAMES_LAYOUT, read_manifest
+from pipeline.storage import Location
+
+_COLUMNS = ["frames", *FRAMES_LAYOUT["shape"]]
+
+
+def _split_files(path: str, split: str) -> tuple[Location, list[str]]:
+    """The manifest-listed shard paths of a split; clear errors for missing/empty ones."""
+    loc = Location.of(path)
+    manifest = read_manifest(loc)
+    if split not in manifest["rows"]:
+        raise ValueError(f"split={split!r}: allowed {sorted(manifest['rows'])}")
+    if manifest["rows"][split] == 0:
+        raise ValueError(f"{loc.uri}: the {split!r} split is empty (0 windows); "
+                         f"see {loc.uri}/errors.jsonl for skipped inputs")
+    files = [s["path"] for s in manifest["shards"] if s["split"] == split]
+    missing = [f for f in files if not loc.exists(f)]
+    if missing:
+        raise FileNotFoundError(f"{loc.uri}: {len(missing)} shard(s) listed in the manifest are "
+                                f"missing, e.g. {missing[0]}; prepare the data again")
+    return loc, files
+
+
+def load_split(path: str, split: str):
+    """A split's shards as a `ray.data.Dataset` (rows as stored; see `frames_from_row`)."""
+    import ray
+
+    loc, files = _split_files(path, split)
+    return ray.data.read_parquet([loc.path(f) for f in files], filesystem=loc.fs)
+
+
+def _to_windows(frames: np.ndarray, shape: tuple, window_len: int | None):
+    """Column of frame bytes (N,) -> float32 torch tensor (N, T, C, H, W) in [0, 1]."""
+    import torch
+
+    t, h, w, c = shape
+    data = np.frombuffer(bytearray(b"".join(frames)), np.uint8).reshape(len(frames), t, h, w, c)
+    if window_len is not None:
+        if window_len > t:
+            raise ValueError(f"the shards hold windows of {t} frames; "
+                             f"{window_len} (short_len + out_len) were asked for")
+        data = data[:, :window_len]
+    x = torch.from_numpy(data).permute(0, 1, 4, 2, 3).contiguous()  # (N, T, C, H, W) uint8
+    return x.to(torch.float32).div_(255.0)
+
+
+def _batch_shape(batch: dict) -> tuple:
+    shape = tuple(int(batch[k][0]) for k in FRAMES_LAYOUT["shape"])
+    for k, v in zip(FRAMES_LAYOUT["shape"], shape):
+        if np.any(np.asarray(batch[k]) != v):
+            raise ValueError(f"rows of different {k} in one batch: the shards mix window shapes")
+    return shape
+
+
+def iter_train_batches(data_iterable, *, batch_size: int, short_len: int, out_len: int,
+                       long_len: int, seed: int, local_shuffle_buffer_size: int | None = None,
+                       epochs: int | None = 1, drop_last: bool = True,
+                       prefetch_batches: int = 1) -> Iterator[dict]:
+    """Training batches from a Ray `DataIterator` (a worker's dataset shard) or a `Dataset`.
+
+    Yields {"window": float32 (N, short_len + out_len, C, H, W) in [0, 1], "long_start": int}.
+    Rows are shuffled locally through a buffer of `local_shuffle_buffer_size` rows (default
+    4 x batch_size, at least 64; 0 turns shuffling off), with a seed that changes per epoch.
+    `epochs=None` loops forever; the training loop decides when to stop.
+    """
+    window_len = short_len + out_len
+    if not 1 <= long_len <= window_len:
+        raise ValueError(f"long_len={long_len}: allowed [1, short_len + out_len = {window_len}]")
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size}: allowed >= 1")
+    if local_shuffle_buffer_size is None:
+        local_shuffle_buffer_size = max(64, 4 * batch_size)
+    rng = np.random.default_rng(seed)
+    for epoch in itertools.count() if epochs is None else range(epochs):
+        batches = data_iterable.iter_batches(
+            batch_size=batch_size, batch_format="numpy", drop_last=drop_last,
+            prefetch_batches=prefetch_batches,
+            local_shuffle_buffer_size=local_shuffle_buffer_size or None,
+            local_shuffle_seed=(seed * 1_000_003 + epoch) if local_shuffle_buffer_size else None)
+        for batch in batches:
+            window = _to_windows(batch["frames"], _batch_shape(batch), window_len)
+            # DESIGN §4: r ~ U[0, short_len + out_len - long_len], once per batch.
+            yield {"window": window, "long_start": int(rng.integers(0, window_len - long_len + 1))}
+
+
+class _RowGroupCache:
+    """Decoded row groups of a few shard files, for reading rows in a global order."""
+
+    def __init__(self, loc: Location, capacity: int = 4):
+        self.loc, self.capacity = loc, capacity
+        self.files: dict[str, pq.ParquetFile] = {}
+        self.groups: OrderedDict = OrderedDict()
+
+    def file(self, path: str) -> pq.ParquetFile:
+        if path not in self.files:
+            self.files[path] = pq.ParquetFile(self.loc.fs.open_input_file(self.loc.path(path)))
+        return self.files[path]
+
+    def group(self, path: str, index: int):
+        key = (path, index)
+        if key not in self.groups:
+            self.groups[key] = self.file(path).read_row_group(index, columns=_COLUMNS)
+            if len(self.groups) > self.capacity:
+                self.groups.popitem(last=False)
+        self.groups.move_to_end(key)
+        return self.groups[key]
+
+
+def iter_test_windows(path: str, *, batch_size: int, split: str = "test",
+                      short_len: int | None = None, out_len: int | None = None) -> Iterator[dict]:
+    """Evaluation windows in a fixed order (video_id, then start), with pyarrow only.
+
+    Yields {"window": float32 (N, T, C, H, W) in [0, 1], "video_id": [str], "start": [int]};
+    T = short_len + out_len when both are given (a prefix of the stored window), else all
+    stored frames. Memory holds a few row groups, not the split.
+    """
+    loc, files = _split_files(path, split)
+    window_len = short_len + out_len if short_len is not None and out_len is not None else None
+    cache = _RowGroupCache(loc)
+    index = []  # (video_id, start, file, row group, row in group)
+    for f in files:
+        pf = cache.file(f)
+        for g in range(pf.num_row_groups):
+            keys = pf.read_row_group(g, columns=["video_id", "start"])
+            index += [(v, s, f, g, i) for i, (v, s) in enumerate(
+                zip(keys["video_id"].to_pylist(), keys["start"].to_pylist()))]
+    index.sort()
+    for b in range(0, len(index), batch_size):
+        entries = index[b:b + batch_size]
+        rows = [cache.group(f, g).slice(i, 1).to_pylist()[0] for _, _, f, g, i in entries]
+        batch = {k: np.array([r[k] for r in rows]) for k in FRAMES_LAYOUT["shape"]}
+        frames = np.array([r["frames"] for r in rows], dtype=object)
+        yield {"window": _to_windows(frames, _batch_shape(batch), window_len),
+               "video_id": [e[0] for e in entries], "start": [e[1] for e in entries]}

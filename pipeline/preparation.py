@@ -1,0 +1,70 @@
+"""The Ray Data chain that turns a source into a shard dataset.
+
+    ray.data.from_items(items)            one small dict per video (or per chunk of sequences)
+      .flat_map(source.rows, config)      decode + window in the task: one row per clip pair
+      .write_datasink(ShardDatasink)      per-split zstd Parquet shards, streamed per task
+
+then, on the driver, `errors.jsonl` and finally `manifest.json`. Config and source are validated
+before Ray starts; an output that already holds this dataset makes the run a no-op.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+from pipeline.config import ShardConfig
+from pipeline.shards import check_output, commit, fingerprint
+from pipeline.storage import Location
+from pipeline.summary import build_summary, format_table
+
+log = logging.getLogger(__name__)
+
+
+def _rows(item: dict, source, config: ShardConfig):
+    """The flat_map stage: a plain generator, testable without Ray as `source.rows(item, cfg)`."""
+    yield from source.rows(item, config)
+
+
+def prepare(source, output: str, config: ShardConfig | None = None, *, overwrite: bool = False,
+            verbose: bool = True) -> dict:
+    """Prepare `source` into shards at `output` (path or s3://); returns the summary dict.
+
+    The summary has counts (videos read/skipped, windows per split, frames decoded and written,
+    bytes), the wall time and frames/s, plus `output` and `noop` (True when the output already
+    held this exact dataset and nothing was done).
+    """
+    config = config or ShardConfig()
+    if hasattr(source, "check"):
+        source.check(config)
+    described = source.describe()
+    fp = fingerprint(config, described)
+    out = Location.of(output)
+    existing = check_output(out, fp, config, described, overwrite)
+    if existing is not None:
+        summary = {**existing["summary"], "output": out.uri, "noop": True}
+        if verbose:
+            print(f"{out.uri} already holds this dataset (same config): nothing to do")
+        return summary
+
+    import ray
+
+    if not ray.is_initialized():
+        ray.init()
+    from pipeline.sink import ShardDatasink
+
+    t0 = time.perf_counter()
+    items = source.items()
+    if not items:
+        raise ValueError(f"{described}: the source has no inputs")
+    if hasattr(source, "digits") and isinstance(source.digits, dict):
+        source.digits = ray.put(source.digits)  # shipped once, not inside every task
+    sink = ShardDatasink(out, config)
+    (ray.data.from_items(items, override_num_blocks=len(items))
+        .flat_map(_rows, fn_kwargs={"source": source, "config": config})
+        .write_datasink(sink))
+    seconds = time.perf_counter() - t0
+    summary = build_summary(sink.result, sink.result["shards"], seconds, len(items))
+    commit(out, sink.result, config, described, fp, summary)
+    if verbose:
+        print(format_table(summary, f"prepared {out.uri}"))
+    return {**summary, "output": out.uri, "noop": False}

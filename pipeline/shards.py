@@ -1,0 +1,178 @@
+"""Clip-pair shards: the Parquet schema, the output folder's rules, and the manifest.
+
+Layout of an output folder (local or s3://):
+
+    manifest.json        written last; without it the folder is not a dataset
+    errors.jsonl         one {"path", "reason"} per skipped input
+    train/part-<sha>.parquet, test/part-<sha>.parquet
+
+Each row is one clip pair. `frames` holds the window's raw uint8 pixels in C order; reshape with
+the row's own `(num_frames, height, width, channels)` columns (`frames_from_row`). Files are
+zstd-compressed, in small row groups, named by their content's sha256 (which the manifest also
+records), so a retried task rewrites the same name instead of adding a duplicate. The Ray Data
+sink that writes them is `pipeline.sink`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.config import ShardConfig
+from pipeline.storage import Location
+
+SCHEMA_VERSION = 1
+FORMAT = "lmc-clip-pairs"
+MANIFEST, ERRORS = "manifest.json", "errors.jsonl"
+SPLITS = ("train", "test")
+SHARD_SCHEMA = pa.schema([
+    ("video_id", pa.string()),
+    ("split", pa.string()),
+    ("start", pa.int64()),        # first frame of the window in the source video (0-based)
+    ("frames", pa.binary()),      # uint8, C order, shape (num_frames, height, width, channels)
+    ("num_frames", pa.int32()),
+    ("height", pa.int32()),
+    ("width", pa.int32()),
+    ("channels", pa.int32()),
+    ("short_len", pa.int32()),
+    ("out_len", pa.int32()),
+    ("long_len", pa.int32()),     # null when the config did not fix it
+    ("action", pa.string()),      # labels: null when the source has none
+    ("person", pa.int32()),
+    ("scenario", pa.string()),
+])
+FRAMES_LAYOUT = {"column": "frames", "dtype": "uint8", "order": "C",
+                 "shape": ["num_frames", "height", "width", "channels"]}
+
+
+class OutputExistsError(FileExistsError):
+    """The output holds something this run must not mix into."""
+
+
+def frames_from_row(row) -> np.ndarray:
+    """A shard row (dict, pandas row, Ray row) -> (T, H, W, C) uint8 frames."""
+    shape = tuple(int(row[k]) for k in FRAMES_LAYOUT["shape"])
+    return np.frombuffer(row["frames"], np.uint8).reshape(shape)
+
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(8 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fingerprint(config: ShardConfig, source: dict) -> str:
+    """What makes two runs the same dataset: schema version, content-relevant config, source."""
+    blob = json.dumps({"schema_version": SCHEMA_VERSION, "config": config.identity(),
+                       "source": source}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def read_manifest(path: str | Location) -> dict:
+    """The manifest of a shard folder; a clear error if there is none (no dataset there)."""
+    loc = path if isinstance(path, Location) else Location.of(path)
+    if not loc.exists(MANIFEST):
+        raise FileNotFoundError(
+            f"{loc.uri}: no {MANIFEST}, so this is not a finished shard dataset "
+            "(never prepared, or the preparing run was interrupted)")
+    manifest = json.loads(loc.read_bytes(MANIFEST))
+    if manifest.get("format") != FORMAT:
+        raise ValueError(f"{loc.uri}/{MANIFEST}: not an {FORMAT} manifest")
+    if manifest.get("schema_version") != SCHEMA_VERSION:
+        raise ValueError(f"{loc.uri}: schema version {manifest.get('schema_version')}, this code "
+                         f"reads version {SCHEMA_VERSION}; prepare the data again")
+    return manifest
+
+
+def _ours(rel: str) -> bool:
+    """Files a preparing run may have left (and may therefore delete)."""
+    head = rel.split("/", 1)[0]
+    return rel in (MANIFEST, ERRORS) or head in SPLITS or rel.rsplit("/", 1)[-1].startswith(".tmp-")
+
+
+def _config_diff(old: dict, new: dict) -> str:
+    keys = sorted(set(old) | set(new))
+    return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys
+                     if old.get(k) != new.get(k))
+
+
+def check_output(out: Location, fp: str, config: ShardConfig, source: dict,
+                 overwrite: bool) -> dict | None:
+    """Decide what to do with the output folder before any work.
+
+    Returns the existing manifest when it already holds this exact dataset (the run is a no-op);
+    otherwise clears this pipeline's own leftovers and returns None. Refuses (OutputExistsError)
+    to mix into a dataset made with another config, or into a folder holding other files,
+    unless `overwrite`.
+    """
+    files = out.list_files()
+    if MANIFEST in files:
+        manifest = read_manifest(out)
+        if manifest["fingerprint"] == fp and not overwrite:
+            missing = [s["path"] for s in manifest["shards"] if out.size(s["path"]) != s["bytes"]]
+            if missing:
+                raise OutputExistsError(
+                    f"{out.uri}: the dataset is complete by its manifest but {len(missing)} "
+                    f"shard(s) are missing or resized (e.g. {missing[0]}); pass overwrite=True "
+                    "(--overwrite) to prepare it again")
+            return manifest
+        if manifest["fingerprint"] != fp and not overwrite:
+            diff = _config_diff({**manifest["config"], **manifest["source"]},
+                                {**config.to_dict(), **source}) or "schema/version"
+            raise OutputExistsError(
+                f"{out.uri} already holds shards prepared with a different config ({diff}); "
+                "refusing to mix them. Use another output, or overwrite=True (--overwrite) to "
+                "replace them")
+    elif any(not _ours(f) for f in files) and not overwrite:
+        raise OutputExistsError(
+            f"{out.uri} is not empty and is not a shard dataset (e.g. {next(f for f in files if not _ours(f))}); "
+            "refusing to write into it. Use an empty folder, or overwrite=True (--overwrite)")
+    for f in files:  # the previous dataset, or an interrupted run's leftovers
+        if _ours(f):
+            out.delete(f)
+    return None
+
+
+def commit(out: Location, result: dict, config: ShardConfig, source: dict, fp: str,
+           summary: dict) -> dict:
+    """Write errors.jsonl, drop stray shard files, then the manifest (last)."""
+    errors = sorted(result["errors"], key=lambda e: e["path"])
+    out.write_bytes("".join(json.dumps(e) + "\n" for e in errors).encode(), ERRORS)
+    shards = sorted(result["shards"], key=lambda s: s["path"])
+    listed = {s["path"] for s in shards}
+    for f in out.list_files():  # files of failed task attempts that were retried
+        if f.split("/", 1)[0] in SPLITS and f not in listed:
+            out.delete(f)
+    manifest = {
+        "format": FORMAT, "schema_version": SCHEMA_VERSION, "fingerprint": fp,
+        "config": config.to_dict(), "source": source, "frames": FRAMES_LAYOUT,
+        "rows": {s: sum(x["rows"] for x in shards if x["split"] == s) for s in SPLITS},
+        "bytes": {s: sum(x["bytes"] for x in shards if x["split"] == s) for s in SPLITS},
+        "errors": len(errors), "shards": shards, "summary": summary,
+    }
+    out.write_bytes(json.dumps(manifest, indent=1).encode(), MANIFEST)
+    return manifest
+
+
+def verify(path: str) -> list[str]:
+    """Re-hash every shard against the manifest; returns the problems found (empty = intact)."""
+    loc = Location.of(path)
+    problems = []
+    for s in read_manifest(loc)["shards"]:
+        if not loc.exists(s["path"]):
+            problems.append(f"{s['path']}: missing")
+            continue
+        local, temp = loc.fetch(s["path"])
+        try:
+            if sha256_file(local) != s["sha256"]:
+                problems.append(f"{s['path']}: checksum mismatch")
+        finally:
+            if temp:
+                os.remove(local)
+    return problems

@@ -1,0 +1,140 @@
+"""Local paths and `s3://bucket/prefix` behind one small interface (pyarrow.fs).
+
+S3-compatible stores are reached through an endpoint override taken from the environment
+(`LMC_S3_ENDPOINT`, else `AWS_ENDPOINT_URL_S3`, else `AWS_ENDPOINT_URL`). Credentials come only
+from the environment or the instance role (the AWS SDK's default chain); they are never logged.
+When the keys are in the environment they are passed to the filesystem explicitly, so the
+pickled filesystem that Ray ships to workers (through the object store, not logs) still works
+on workers whose environment lacks them.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+import pyarrow.fs as pafs
+
+_ENDPOINT_VARS = ("LMC_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+
+
+def s3_filesystem() -> pafs.S3FileSystem:
+    """An S3 filesystem configured from the environment only."""
+    kwargs: dict = {"region": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+                    or "us-east-1"}
+    endpoint = next((os.environ[v] for v in _ENDPOINT_VARS if os.environ.get(v)), None)
+    if endpoint:
+        parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
+        kwargs["endpoint_override"] = parsed.netloc
+        kwargs["scheme"] = parsed.scheme
+    if os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY"):
+        kwargs["access_key"] = os.environ["AWS_ACCESS_KEY_ID"]
+        kwargs["secret_key"] = os.environ["AWS_SECRET_ACCESS_KEY"]
+        if os.environ.get("AWS_SESSION_TOKEN"):
+            kwargs["session_token"] = os.environ["AWS_SESSION_TOKEN"]
+    return pafs.S3FileSystem(**kwargs)
+
+
+@dataclass
+class Location:
+    """A directory-like place: a filesystem plus a root path on it. Picklable (Ray ships it)."""
+
+    uri: str
+    fs: pafs.FileSystem
+    root: str
+
+    @classmethod
+    def of(cls, uri: str) -> "Location":
+        uri = str(uri)
+        if uri.startswith("s3://"):
+            root = uri[len("s3://"):].rstrip("/")
+            if not root:
+                raise ValueError(f"{uri!r}: an s3:// location needs a bucket")
+            return cls(uri.rstrip("/"), s3_filesystem(), root)
+        if "://" in uri and not uri.startswith("file://"):
+            raise ValueError(f"{uri!r}: only local paths and s3:// are supported")
+        path = os.path.abspath(uri.removeprefix("file://"))
+        return cls(path, pafs.LocalFileSystem(), path)
+
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.fs, pafs.LocalFileSystem)
+
+    def path(self, *parts: str) -> str:
+        """The filesystem path of `parts` under the root."""
+        return "/".join([self.root, *[p.strip("/") for p in parts if p]])
+
+    def uri_of(self, *parts: str) -> str:
+        """A user-facing URI (what errors.jsonl records)."""
+        rel = "/".join(p.strip("/") for p in parts if p)
+        return f"{self.uri}/{rel}" if rel else self.uri
+
+    def child(self, *parts: str) -> "Location":
+        return Location(self.uri_of(*parts), self.fs, self.path(*parts))
+
+    def exists(self, *parts: str) -> bool:
+        return self.fs.get_file_info(self.path(*parts)).type != pafs.FileType.NotFound
+
+    def is_dir(self) -> bool:
+        return self.fs.get_file_info(self.root).type == pafs.FileType.Directory
+
+    def size(self, *parts: str) -> int | None:
+        info = self.fs.get_file_info(self.path(*parts))
+        return info.size if info.type == pafs.FileType.File else None
+
+    def list_files(self, recursive: bool = True) -> list[str]:
+        """Paths of all files under the root, relative to it, sorted."""
+        sel = pafs.FileSelector(self.root, recursive=recursive, allow_not_found=True)
+        prefix = self.root.rstrip("/") + "/"
+        return sorted(i.path[len(prefix):] for i in self.fs.get_file_info(sel)
+                      if i.type == pafs.FileType.File)
+
+    def read_bytes(self, *parts: str) -> bytes:
+        with self.fs.open_input_stream(self.path(*parts)) as f:
+            return f.read()
+
+    def write_bytes(self, data: bytes, *parts: str) -> None:
+        """Write a file; local writes go through a temp file and an atomic rename."""
+        target = self.path(*parts)
+        if self.is_local:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".tmp-")
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, target)
+        else:
+            with self.fs.open_output_stream(target) as f:
+                f.write(data)
+
+    def put_file(self, local_path: str, *parts: str) -> None:
+        """Move (local) or upload (S3) a finished local file to `parts`."""
+        target = self.path(*parts)
+        if self.is_local:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            shutil.move(local_path, target)
+        else:
+            with open(local_path, "rb") as src, self.fs.open_output_stream(target) as dst:
+                shutil.copyfileobj(src, dst, 8 << 20)
+            os.remove(local_path)
+
+    def fetch(self, *parts: str) -> tuple[str, bool]:
+        """A local path to read `parts` from: the file itself, or a temp copy (then True)."""
+        if self.is_local:
+            return self.path(*parts), False
+        fd, tmp = tempfile.mkstemp(suffix=os.path.splitext(self.path(*parts))[1])
+        with os.fdopen(fd, "wb") as dst, self.fs.open_input_stream(self.path(*parts)) as src:
+            shutil.copyfileobj(src, dst, 8 << 20)
+        return tmp, True
+
+    def delete(self, *parts: str) -> None:
+        path = self.path(*parts)
+        info = self.fs.get_file_info(path)
+        if info.type == pafs.FileType.Directory:
+            self.fs.delete_dir(path)
+        elif info.type == pafs.FileType.File:
+            self.fs.delete_file(path)
+
+    def makedirs(self) -> None:
+        self.fs.create_dir(self.root, recursive=True)
