@@ -1,0 +1,171 @@
+"""Evaluation: numbers equal the metrics module's on the same predictions; mismatches fail early."""
+import csv
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+import lmc
+from lmc.checkpoint import save_checkpoint
+from lmc.evaluate import (DataMismatchError, evaluate, last_n_protocol, resolve_protocol,
+                          time_inference)
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = dict(img_size=32, short_len=10, long_len=12, out_len=4, width=0.0625, memory_slots=8,
+             convlstm_layers=2, warmup_iterations=0)
+
+
+def small_cfg(**kw):
+    return lmc.preset("tiny", **{**SMALL, **kw})
+
+
+@pytest.fixture(scope="module")
+def shards(ray_session, tmp_path_factory):
+    """12 Moving-MNIST test windows of 10 + 6 frames at 32x32 (real pipeline shards)."""
+    import pipeline
+
+    out = tmp_path_factory.mktemp("eval") / "mm32"
+    pipeline.prepare(pipeline.MovingMNISTSource(train_sequences=4, test_sequences=12, chunk=6),
+                     str(out), pipeline.ShardConfig(img_size=32, short_len=10, out_len=4,
+                                                    test_out_len=6), verbose=False)
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    cfg = small_cfg()
+    model = lmc.LMCModel(cfg)
+    with torch.no_grad():   # a non-trivial model: memory slots and decoder biases moved
+        model.decoder[-2].bias.fill_(0.3)
+    path = tmp_path_factory.mktemp("ckpt") / "ck"
+    save_checkpoint(path, model, cfg)
+    return path, model, cfg
+
+
+def direct_metrics(model, data, short_len, out_len):
+    """frame_metrics over every test window, computed here without lmc.evaluate."""
+    import pipeline
+
+    per = []
+    with torch.no_grad():
+        for batch in pipeline.iter_test_windows(data, batch_size=5):
+            w = batch["window"]
+            per.append(lmc.frame_metrics(model(w[:, :short_len], out_len=out_len),
+                                         w[:, short_len:short_len + out_len]))
+    return {k: torch.cat([p[k] for p in per]) for k in per[0]}   # (N, out_len) each
+
+
+def test_numbers_equal_frame_metrics_and_files_are_written(shards, checkpoint, tmp_path):
+    path, model, cfg = checkpoint
+    report = evaluate(path, shards, protocols=["10-6", "10-6-last2", "10-3"], output=tmp_path,
+                      batch_size=5, device="cpu", timing_warmup=1, timing_repeats=2, log=None)
+    direct = direct_metrics(model.eval(), shards, 10, 6)
+    assert direct["mse"].shape == (12, 6)
+    for name, frames in (("10-6", slice(0, 6)), ("10-6-last2", slice(4, 6)), ("10-3", slice(0, 3))):
+        rep = report["protocols"][name]
+        assert rep["num_samples"] == 12
+        for m in ("mse", "mae", "psnr", "ssim"):
+            want = direct[m][:, frames]
+            assert rep["mean"][m] == pytest.approx(want.mean().item(), rel=1e-9)
+            assert rep["per_timestep"][m] == pytest.approx(want.mean(0).tolist(), rel=1e-9)
+        assert rep["timesteps"] == list(range(frames.start + 1, frames.stop + 1))
+        assert "lpips" in rep.get("unavailable", {}) or "lpips" in rep["mean"]
+    # LPIPS is a number or "unavailable: <reason>", never silently missing
+    assert report["lpips"] == "available" or report["lpips"].startswith("unavailable: ")
+    # timing: one entry per horizon, batch 1
+    assert set(report["inference_time"]) == {"10->3", "10->6"}
+    assert all(t["batch_size"] == 1 and t["repeats"] == 2 and t["median_s"] > 0
+               for t in report["inference_time"].values())
+    # files: the JSON is the report, each CSV is its curve
+    assert json.loads((tmp_path / "summary.json").read_text())["protocols"] == json.loads(
+        json.dumps(report["protocols"]))
+    for name in ("10-6", "10-6-last2", "10-3"):
+        rows = list(csv.DictReader(open(tmp_path / f"curves_{name}.csv")))
+        rep = report["protocols"][name]
+        assert [int(r["timestep"]) for r in rows] == rep["timesteps"]
+        assert [float(r["mse"]) for r in rows] == pytest.approx(rep["per_timestep"]["mse"], rel=1e-5)
+        assert (tmp_path / f"curves_{name}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_max_samples_and_reference_file_with_a_config(shards, checkpoint, tmp_path):
+    path, model, cfg = checkpoint
+    ref = tmp_path / "model.pt"
+    torch.save(model.state_dict(), ref)          # a single weights file, loaded with a config
+    kw = dict(protocols=["10-6"], device="cpu", timing=False, log=None, max_samples=7)
+    a = evaluate(path, shards, batch_size=5, **kw)
+    b = evaluate(ref, shards, preset=cfg, batch_size=3, **kw)
+    assert a["protocols"]["10-6"]["num_samples"] == b["protocols"]["10-6"]["num_samples"] == 7
+    direct = direct_metrics(model.eval(), shards, 10, 6)
+    for r in (a, b):
+        assert r["protocols"]["10-6"]["mean"]["mse"] == pytest.approx(
+            direct["mse"][:7].mean().item(), rel=1e-9)
+    with pytest.raises(lmc.CheckpointError, match="preset"):
+        evaluate(ref, shards, **kw)
+
+
+def test_default_protocol_is_the_datas_window(shards, checkpoint):
+    path, _, _ = checkpoint
+    report = evaluate(path, shards, device="cpu", timing=False, log=None)
+    assert list(report["protocols"]) == ["10-6"]
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(img_size=64), r"64x64 frames but .* holds 32x32"),
+    (dict(channels=3, output_activation="sigmoid"), r"3-channel frames but .* holds 1-channel"),
+])
+def test_checkpoint_that_does_not_match_the_data_is_a_clear_error(shards, tmp_path, change,
+                                                                   match, monkeypatch):
+    import pipeline
+
+    cfg = small_cfg(**change)
+    save_checkpoint(tmp_path / "ck", lmc.LMCModel(cfg), cfg)
+    monkeypatch.setattr(pipeline, "iter_test_windows",
+                        lambda *a, **k: pytest.fail("read frames before checking"), raising=False)
+    with pytest.raises(DataMismatchError, match=match):
+        evaluate(tmp_path / "ck", shards, log=None)
+
+
+def test_protocol_longer_than_the_windows_is_a_clear_error(shards, checkpoint):
+    path, _, _ = checkpoint
+    with pytest.raises(DataMismatchError, match=r"10-40 needs test windows of 50 frames .* 16"):
+        evaluate(path, shards, protocols=["10-40"], log=None)
+    with pytest.raises(DataMismatchError, match="short clips of 10"):
+        evaluate(path, shards, protocols=["9-4"], log=None)
+    with pytest.raises(ValueError, match="unknown protocol"):
+        resolve_protocol("ten-forty")
+
+
+def test_protocol_helpers():
+    assert last_n_protocol(10, 40).name == "10-40-last10"
+    assert last_n_protocol(10, 40).frames == tuple(range(30, 40))
+    assert last_n_protocol(10, 4).frames == (0, 1, 2, 3)
+    assert resolve_protocol("10->30").out_len == 30
+    p = resolve_protocol("10-20-last5")
+    assert (p.short_len, p.out_len, p.frames) == (10, 20, tuple(range(15, 20)))
+
+
+def test_time_inference_is_batch_one_after_warmup():
+    model = lmc.LMCModel(small_cfg())
+    calls = []
+    orig = model.forward
+    model.forward = lambda short, **kw: (calls.append(short.shape[0]), orig(short, **kw))[1]
+    t = time_inference(model, torch.rand(3, 10, 1, 32, 32), 4, warmup=2, repeats=3)
+    assert calls == [1] * 5
+    assert t["protocol"] == "10->4" and t["repeats"] == 3 and math.isfinite(t["mean_s"])
+
+
+def test_command_line_writes_the_summary(shards, checkpoint, tmp_path, capsys):
+    path, _, _ = checkpoint
+    spec = importlib.util.spec_from_file_location("evaluate_job", ROOT / "jobs" / "evaluate.py")
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    job.main(["--checkpoint", str(path), "--data", shards, "--output", str(tmp_path / "ev"),
+              "--protocol", "10-4", "--timing-repeats", "1", "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert "10-4" in out and "ms/sequence" in out
+    summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    assert summary["protocols"]["10-4"]["num_samples"] == 12
