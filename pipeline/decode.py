@@ -45,6 +45,43 @@ class VideoInfo:
     fps: float
 
 
+def container_problem(path: str) -> str | None:
+    """Why a RIFF (AVI) or ISO-BMFF (MP4/MOV) file is visibly truncated, else None.
+
+    Walks the top-level chunks/boxes (headers only) and checks that each fits in the file.
+    Decoders quietly return the frames before the cut (an AVI cut in half "has" half its
+    frames), so this is the only way such a file gets noticed.
+    """
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if head[:4] == b"RIFF":
+            pos = 0
+            while pos + 8 <= size:
+                f.seek(pos)
+                fourcc, length = f.read(4), int.from_bytes(f.read(4), "little")
+                end = pos + 8 + length + (length & 1)
+                if pos + 8 + length > size:
+                    return (f"truncated: {fourcc.decode(errors='replace')} chunk at byte {pos} "
+                            f"declares {length} bytes, the file ends {pos + 8 + length - size} "
+                            "bytes early")
+                pos = end
+        elif head[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip"):
+            pos = 0
+            while pos + 8 <= size:
+                f.seek(pos)
+                length, kind = int.from_bytes(f.read(4), "big"), f.read(4)
+                if length == 1:
+                    length = int.from_bytes(f.read(8), "big")
+                elif length == 0:
+                    break  # box extends to the end of the file
+                if length < 8 or pos + length > size:
+                    return (f"truncated: box {kind.decode(errors='replace')} at byte {pos} "
+                            f"declares {length} bytes, the file has {size - pos} left")
+                pos += length
+    return None
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
@@ -82,11 +119,11 @@ class _Reader:
         return luma(rgb) if self.channels == 1 else rgb
 
 
-def _serve() -> None:
-    """Child main loop: answer open/read requests until stdin closes."""
+def _serve(lines=None) -> None:
+    """Child main loop: answer open/read request lines (default: stdin) until they end."""
     out = sys.stdout.buffer
     reader: _Reader | None = None
-    for line in sys.stdin.buffer:
+    for line in sys.stdin.buffer if lines is None else lines:
         req = json.loads(line)
         payload = b""
         try:
@@ -110,6 +147,8 @@ def _serve() -> None:
 class IsolatedDecoder:
     """Decode in a child process; a crash or hang becomes a `DecodeError`, never ours."""
 
+    command = [sys.executable, "-c", "from pipeline.decode import _serve; _serve()"]
+
     def __init__(self, timeout_s: float = 600.0):
         self.timeout_s = timeout_s
         self._proc: subprocess.Popen | None = None
@@ -121,8 +160,7 @@ class IsolatedDecoder:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
         self._stderr = tempfile.TemporaryFile()
         self._proc = subprocess.Popen(
-            [sys.executable, "-c", "from pipeline.decode import _serve; _serve()"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, env=env)
+            self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, env=env)
         return self._proc
 
     def _call(self, request: dict) -> tuple[dict, bytes]:

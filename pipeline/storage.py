@@ -85,7 +85,19 @@ class Location:
         return info.size if info.type == pafs.FileType.File else None
 
     def list_files(self, recursive: bool = True) -> list[str]:
-        """Paths of all files under the root, relative to it, sorted."""
+        """Paths of all files under the root, relative to it, sorted.
+
+        Locally, dangling links are listed too (as files that will fail to read), so that an
+        unreadable input is reported rather than silently missing.
+        """
+        if self.is_local:
+            out = []
+            for dirpath, _, files in os.walk(self.root):
+                rel = os.path.relpath(dirpath, self.root)
+                out += [f if rel == "." else f"{rel}/{f}" for f in files]
+                if not recursive:
+                    break
+            return sorted(out)
         sel = pafs.FileSelector(self.root, recursive=recursive, allow_not_found=True)
         prefix = self.root.rstrip("/") + "/"
         return sorted(i.path[len(prefix):] for i in self.fs.get_file_info(sel)

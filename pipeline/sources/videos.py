@@ -16,7 +16,7 @@ from typing import Iterator
 import numpy as np
 
 from pipeline.config import ShardConfig
-from pipeline.decode import DecodeError, worker_decoder
+from pipeline.decode import DecodeError, container_problem, worker_decoder
 from pipeline.rows import error_row, video_row, window_row
 from pipeline.storage import Location
 from pipeline.windows import frames_needed, segment_window_starts, split_stride, window_starts
@@ -73,10 +73,13 @@ def decode_and_window(loc: Location, item: dict, config: ShardConfig) -> Iterato
     try:
         size = loc.size(item["rel"])
         if size is None:
-            raise DecodeError("unreadable: not a regular file")
+            raise DecodeError("unreadable: not a regular file (a dangling link?)")
         if size == 0:
             raise DecodeError("empty file (0 bytes)")
         local, is_temp = loc.fetch(item["rel"])
+        problem = container_problem(local)
+        if problem:
+            raise DecodeError(problem)
         decoder = worker_decoder(config.decode_timeout_s)
         info = decoder.open(local, size=config.img_size, channels=config.channels,
                             threads=config.decode_threads)

