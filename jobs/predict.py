@@ -1,0 +1,37 @@
+"""Predict the future frames of a video file (any format decord reads) or a folder of frames.
+
+    python jobs/predict.py --checkpoint runs/kth/checkpoint --input person17_walking_d1_uncomp.avi \
+        --output pred/ --out-len 40
+
+Writes pred/frame_NNN.png (the predicted frames), strip.png (input | ground truth | prediction)
+and strip.gif (the same, animated).
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from lmc.predict import predict  # noqa: E402
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--checkpoint", required=True,
+                   help="a checkpoint folder of this project, or the reference's .pt file")
+    p.add_argument("--input", required=True, help="a video file, or a folder of frame images")
+    p.add_argument("--output", required=True, help="folder for the PNG frames, strip and GIF")
+    p.add_argument("--out-len", type=int, help="frames to predict (default: the config's out_len)")
+    p.add_argument("--start", type=int, default=0, help="first input frame (0-based)")
+    p.add_argument("--preset", help="config of a reference .pt file (paper-kth, paper-mmnist, ...)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    a = p.parse_args(argv)
+    predict(a.checkpoint, a.input, a.output, out_len=a.out_len, start=a.start, preset=a.preset,
+            device=a.device)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ValueError, FileNotFoundError) as e:   # config, checkpoint and input errors
+        sys.exit(f"error: {e}")
