@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from pipeline.config import ShardConfig
@@ -36,6 +37,22 @@ def config_from_args(args: argparse.Namespace) -> ShardConfig:
                        train_stride=args.train_stride, frame_step=args.frame_step)
 
 
+def init_ray() -> None:
+    """Start (or join, with RAY_ADDRESS) Ray; a joined cluster gets this `pipeline` shipped.
+
+    Workers of an existing cluster do not see this checkout, so the package goes along as a
+    runtime-env `py_modules` entry (merged with a submitted job's working_dir, if any).
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(runtime_env={"py_modules": [os.path.dirname(os.path.abspath(__file__))]})
+    else:
+        ray.init()
+
+
 def run(parser: argparse.ArgumentParser, args: argparse.Namespace, make_source) -> dict:
     """Validate (config and source) before Ray starts, then prepare; bad input exits with 2."""
     from pipeline.preparation import prepare
@@ -44,6 +61,7 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace, make_source) 
     try:
         config = config_from_args(args)
         source = make_source()
+        init_ray()
         summary = prepare(source, args.output, config, overwrite=args.overwrite)
     except (ValueError, OutputExistsError, FileNotFoundError) as exc:
         parser.exit(2, f"error: {exc}\n")

@@ -99,7 +99,7 @@ def _ours(rel: str) -> bool:
 def _config_diff(old: dict, new: dict) -> str:
     keys = sorted(set(old) | set(new))
     return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys
-                     if old.get(k) != new.get(k))
+                     if old.get(k) != new.get(k)) or "schema version"
 
 
 def check_output(out: Location, fp: str, config: ShardConfig, source: dict,
@@ -123,8 +123,8 @@ def check_output(out: Location, fp: str, config: ShardConfig, source: dict,
                     "(--overwrite) to prepare it again")
             return manifest
         if manifest["fingerprint"] != fp and not overwrite:
-            diff = _config_diff({**manifest["config"], **manifest["source"]},
-                                {**config.to_dict(), **source}) or "schema/version"
+            now = json.loads(json.dumps({**config.to_dict(), **source}, default=str))
+            diff = _config_diff({**manifest["config"], **manifest["source"]}, now)
             raise OutputExistsError(
                 f"{out.uri} already holds shards prepared with a different config ({diff}); "
                 "refusing to mix them. Use another output, or overwrite=True (--overwrite) to "
