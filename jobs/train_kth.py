@@ -1,0 +1,15 @@
+"""Train LMC-Memory on KTH Action (grayscale 128x128, 10->40; persons 1-16 train, 17-25 test) with Ray Train.
+
+    python jobs/train_kth.py                      # demo: synthetic data, tiny model, minutes on a CPU
+    python jobs/train_kth.py --data shards/kth --storage runs --num-workers 2
+    ray job submit --working-dir . -- python jobs/train_kth.py --data s3://bucket/kth-shards \
+        --storage s3://bucket/runs --num-workers 4 --gpus
+
+Flags: `python jobs/train_kth.py --help`. The same --name and --storage resume a run.
+"""
+import _path  # noqa: F401  (repo root on sys.path for `python jobs/...`)
+
+from lmc.train_cli import run
+
+if __name__ == "__main__":
+    run("kth")

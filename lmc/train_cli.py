@@ -1,0 +1,122 @@
+"""Command line of the training jobs (`jobs/train_kth.py`, `train_mmnist.py`, `train_h36m.py`).
+
+Each job is `run("kth")`: the flags below, a config from a preset plus overrides (validated
+once), the run settings, and `lmc.train.train`. Without `--data`, the KTH and Moving-MNIST jobs
+make a small synthetic dataset in a local cache and train the `tiny` preset on it: the demo
+that runs on a laptop in minutes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from .config import LMCConfig, preset
+
+DATASETS = {  # dataset -> paper preset
+    "kth": "paper-kth", "mmnist": "paper-mmnist", "h36m": "paper-h36m"}
+DEMO_PRESET = "tiny"
+CACHE = os.environ.get("LMC_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "lmc-memory"))
+
+# flag -> config field
+_FIELDS = {"iterations": int, "batch_size": int, "lr": float, "memory_slots": int,
+           "short_len": int, "long_len": int, "out_len": int, "img_size": int, "width": float,
+           "warmup_iterations": int, "seed": int, "query": str}
+
+
+def build_parser(dataset: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=f"jobs/train_{dataset}.py",
+        description=f"Train LMC-Memory on {dataset} with Ray Train (DDP). Without --data: a "
+                    "synthetic demo dataset in the local cache and the tiny preset."
+                    if dataset != "h36m" else "Train LMC-Memory on Human3.6M with Ray Train.")
+    p.add_argument("--data", help="clip-pair shards (path or s3://) from jobs/prepare_*.py")
+    p.add_argument("--storage", default="runs", help="run storage root (path or s3://)")
+    p.add_argument("--name", help="run name; the same name resumes (default: <dataset>-<preset>)")
+    p.add_argument("--num-workers", type=int, default=2)
+    p.add_argument("--gpus", action="store_true", help="one GPU per worker (NCCL)")
+    p.add_argument("--cpus-per-worker", type=float, default=1.0)
+    p.add_argument("--preset", help=f"config preset (default {DATASETS[dataset]}; "
+                                    f"{DEMO_PRESET} without --data)")
+    p.add_argument("--config", help="JSON object or .json file of config fields (over the preset)")
+    for flag, typ in _FIELDS.items():
+        p.add_argument("--" + flag.replace("_", "-"), type=typ)
+    p.add_argument("--checkpoint-every", type=int, help="iterations between checkpoints")
+    p.add_argument("--eval-every", type=int, help="iterations between validations")
+    p.add_argument("--eval-windows", type=int, default=32, help="test windows per validation")
+    p.add_argument("--test-windows", type=int, help="cap on the final test evaluation")
+    p.add_argument("--protocol", help="evaluation protocol, e.g. 10-40 (default: the test windows')")
+    p.add_argument("--max-failures", type=int, default=3)
+    p.add_argument("--keep-checkpoints", type=int, default=2)
+    p.add_argument("--autocast", choices=("none", "bf16"), default="none")
+    p.add_argument("--compile", action="store_true", help="torch.compile (GPU)")
+    p.add_argument("--debug", help=argparse.SUPPRESS)  # JSON test hooks
+    return p
+
+
+def config_from_args(args, dataset: str) -> LMCConfig:
+    name = args.preset or (DATASETS[dataset] if args.data else DEMO_PRESET)
+    overrides = {}
+    if args.config:
+        text = open(args.config).read() if os.path.isfile(args.config) else args.config
+        overrides.update(json.loads(text))
+    overrides.update({k: getattr(args, k) for k in _FIELDS if getattr(args, k) is not None})
+    return preset(name, **overrides)
+
+
+def demo_data(dataset: str, cfg: LMCConfig, cache: str = CACHE) -> str:
+    """A small synthetic dataset for `cfg` in the cache (made once; later runs reuse it)."""
+    import pipeline
+    from pipeline import ShardConfig
+
+    shard_cfg = ShardConfig(short_len=cfg.short_len, out_len=cfg.out_len, img_size=cfg.img_size,
+                            channels=cfg.channels, train_stride=5)
+    tag = f"{cfg.short_len}-{cfg.out_len}-{cfg.img_size}px-{cfg.channels}ch"
+    out = os.path.join(cache, f"{dataset}-demo-{tag}")
+    if os.path.exists(os.path.join(out, "manifest.json")):
+        return out
+    if dataset == "kth":
+        videos = os.path.join(cache, "kth-synthetic-videos")
+        if not os.path.exists(os.path.join(videos, "00sequences.txt")):
+            print(f"writing synthetic KTH-like videos to {videos} ...")
+            pipeline.write_kth_like(videos, per_action=4, num_frames=150)
+        source = pipeline.KTHSource(videos)
+    elif dataset == "mmnist":
+        source = pipeline.MovingMNISTSource(train_sequences=400, test_sequences=64)
+    else:
+        raise SystemExit(f"train_{dataset}: --data is required (no synthetic {dataset} data)")
+    pipeline.prepare(source, out, shard_cfg)
+    return out
+
+
+def run(dataset: str, argv=None) -> dict:
+    from .alignment import NonFiniteLossError
+    from .config import ConfigError
+    from .reference import CheckpointError
+    from .train import DataError, RunSettings, StorageError, train
+    user_errors = (ConfigError, DataError, StorageError, CheckpointError, NonFiniteLossError)
+
+    args = build_parser(dataset).parse_args(argv)
+    try:
+        cfg = config_from_args(args, dataset)
+    except (ConfigError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
+    data = args.data
+    if data is None:
+        import ray
+        if not ray.is_initialized():
+            ray.init(configure_logging=False)
+        data = demo_data(dataset, cfg)
+    k = args.checkpoint_every or max(1, min(1000, cfg.iterations // 3))
+    settings = RunSettings(
+        data=data, storage=args.storage,
+        name=args.name or f"{dataset}-{args.preset or (DATASETS[dataset] if args.data else DEMO_PRESET)}",
+        num_workers=args.num_workers, use_gpu=args.gpus, cpus_per_worker=args.cpus_per_worker,
+        checkpoint_every=k, eval_every=args.eval_every, eval_windows=args.eval_windows,
+        test_windows=args.test_windows, protocol=args.protocol, max_failures=args.max_failures,
+        num_to_keep=args.keep_checkpoints, autocast=args.autocast, compile=args.compile,
+        debug=json.loads(args.debug) if args.debug else {})
+    try:
+        return train(cfg, settings)
+    except user_errors as e:  # one clear message, no traceback
+        raise SystemExit(f"error: {type(e).__name__}: {e}") from None

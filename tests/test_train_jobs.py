@@ -1,0 +1,133 @@
+"""The training job as users run it: `ray job submit` against a real local head, and the cluster
+launcher config.
+
+The head is a separate Ray instance (own temp dir and ports) next to the session's `ray_session`
+cluster. `ray stop` cannot target one instance (it stops every Ray on the machine), so the head
+runs as `ray start --head --block` in its own process group, which the teardown terminates.
+"""
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+import pytest
+import yaml
+
+from test_train import CFG, IMG, OUT, SHORT
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _auth_env(mode: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH") and k != "RAY_ADDRESS"}
+    if mode == "token":  # a token of the test's own; the user's ~/.ray/auth_token is untouched
+        env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+    else:
+        env["RAY_AUTH_MODE"] = "disabled"
+    return env
+
+
+@pytest.fixture(params=["token", "disabled"])
+def head(request):
+    env = _auth_env(request.param)
+    # short temp dir: Ray's socket paths must stay under the 107-byte limit
+    temp = tempfile.mkdtemp(prefix="lmc-head-", dir="/tmp")
+    port, dash = _free_port(), _free_port()
+    cmd = ["ray", "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
+           "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2",
+           "--include-dashboard=true", f"--temp-dir={temp}", "--disable-usage-stats"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{dash}"
+    try:
+        deadline = time.time() + 90
+        while True:  # the job server answers (401 with token auth still means it is up)
+            try:
+                urllib.request.urlopen(url + "/api/version", timeout=2)
+                break
+            except urllib.error.HTTPError:
+                break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f"ray head did not start (exit {proc.poll()})")
+                time.sleep(1)
+        yield {"url": url, "env": env, "mode": request.param}
+    finally:
+        for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+            try:
+                os.killpg(proc.pid, sig)
+                proc.wait(timeout=wait)
+                break
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                continue
+        time.sleep(1)
+        try:  # children that left the group (none expected) still carry the temp dir
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.mark.slow  # a head start and a 1-worker job: ~60 s per auth mode on 2 cores
+def test_ray_job_submit_trains_and_checkpoints(head, shards, tmp_path):
+    storage = tmp_path / "runs"
+    cmd = ["ray", "job", "submit", "--address", head["url"], "--working-dir", ".",
+           "--runtime-env-json", json.dumps({"excludes": [".git", "runs", "data", ".cache"]}),
+           "--", "python", "jobs/train_kth.py", "--data", shards, "--storage", str(storage),
+           "--name", "job", "--preset", "tiny", "--iterations", "4", "--checkpoint-every", "2",
+           "--num-workers", "1", "--batch-size", str(CFG.batch_size),
+           "--img-size", str(IMG), "--short-len", str(SHORT), "--out-len", str(OUT),
+           "--long-len", str(CFG.long_len), "--width", str(CFG.width),
+           "--memory-slots", str(CFG.memory_slots), "--eval-windows", "4", "--test-windows", "4"]
+    out = subprocess.run(cmd, cwd=ROOT, env=head["env"], capture_output=True, text=True,
+                         timeout=400)
+    log = out.stdout + out.stderr
+    assert out.returncode == 0, log[-3000:]
+    assert re.search(r"Job '.*' succeeded", log), log[-3000:]
+    run = storage / "job"
+    assert (run / "checkpoint_000000004" / "model.pt").is_file()
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["iterations"] == 4 and metrics["protocol"] == f"{SHORT}-{OUT}"
+
+
+def test_cluster_yaml_names_the_sections_and_real_files():
+    with open(os.path.join(ROOT, "cluster.yaml")) as f:
+        cluster = yaml.safe_load(f)
+    for key in ("cluster_name", "provider", "auth", "available_node_types", "head_node_type",
+                "file_mounts", "setup_commands", "head_start_ray_commands",
+                "worker_start_ray_commands"):
+        assert key in cluster, key
+    assert cluster["provider"]["type"] == "aws"
+    nodes = cluster["available_node_types"]
+    head = nodes[cluster["head_node_type"]]
+    assert head["resources"].get("GPU", 0) == 0
+    gpu_workers = [n for k, n in nodes.items() if k != cluster["head_node_type"]
+                   and n["resources"].get("GPU", 0) >= 1]
+    assert gpu_workers and all(n["max_workers"] > n.get("min_workers", 0) for n in gpu_workers)
+    assert any(n["node_config"].get("InstanceMarketOptions", {}).get("MarketType") == "spot"
+               for n in gpu_workers)
+    # the commands install the synced project and name files that exist in it
+    text = "\n".join(cluster["setup_commands"])
+    assert "pip install" in text and "-e" in text
+    mounted = [os.path.normpath(local) for local in cluster["file_mounts"].values()]
+    assert "." in mounted or ROOT in [os.path.abspath(m) for m in mounted]
+    referenced = set(re.findall(r"\b((?:jobs|lmc|pipeline)/[\w/]+\.py|pyproject\.toml)", 
+                                open(os.path.join(ROOT, "cluster.yaml")).read()))
+    assert referenced, "cluster.yaml should show the job commands it is for"
+    for path in referenced:
+        assert os.path.isfile(os.path.join(ROOT, path)), path
+    assert "s3://" in open(os.path.join(ROOT, "cluster.yaml")).read()
