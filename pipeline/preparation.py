@@ -13,7 +13,7 @@ import logging
 import time
 
 from pipeline.config import ShardConfig
-from pipeline.shards import check_output, commit, fingerprint
+from pipeline.shards import check_output, clear_output, commit, fingerprint
 from pipeline.storage import Location
 from pipeline.summary import build_summary, format_table
 
@@ -46,16 +46,20 @@ def prepare(source, output: str, config: ShardConfig | None = None, *, overwrite
             print(f"{out.uri} already holds this dataset (same config): nothing to do")
         return summary
 
+    t0 = time.perf_counter()
+    items = source.items()  # listing errors surface here, before Ray starts
+    listing = time.perf_counter() - t0
+    if not items:
+        raise ValueError(f"{described}: the source has no inputs")
+    clear_output(out)
+
     import ray
 
     if not ray.is_initialized():
         ray.init()
+    t0 = time.perf_counter() - listing  # the run's time, without Ray's start-up
     from pipeline.sink import ShardDatasink
 
-    t0 = time.perf_counter()
-    items = source.items()
-    if not items:
-        raise ValueError(f"{described}: the source has no inputs")
     if hasattr(source, "digits") and isinstance(source.digits, dict):
         source.digits = ray.put(source.digits)  # shipped once, not inside every task
     sink = ShardDatasink(out, config)

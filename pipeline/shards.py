@@ -106,8 +106,8 @@ def check_output(out: Location, fp: str, config: ShardConfig, source: dict,
                  overwrite: bool) -> dict | None:
     """Decide what to do with the output folder before any work.
 
-    Returns the existing manifest when it already holds this exact dataset (the run is a no-op);
-    otherwise clears this pipeline's own leftovers and returns None. Refuses (OutputExistsError)
+    Returns the existing manifest when it already holds this exact dataset (the run is a no-op),
+    else None (the caller then `clear_output`s it). Refuses (OutputExistsError)
     to mix into a dataset made with another config, or into a folder holding other files,
     unless `overwrite`.
     """
@@ -133,10 +133,14 @@ def check_output(out: Location, fp: str, config: ShardConfig, source: dict,
         raise OutputExistsError(
             f"{out.uri} is not empty and is not a shard dataset (e.g. {next(f for f in files if not _ours(f))}); "
             "refusing to write into it. Use an empty folder, or overwrite=True (--overwrite)")
-    for f in files:  # the previous dataset, or an interrupted run's leftovers
+    return None
+
+
+def clear_output(out: Location) -> None:
+    """Delete this pipeline's files (a replaced dataset, or an interrupted run's leftovers)."""
+    for f in out.list_files():
         if _ours(f):
             out.delete(f)
-    return None
 
 
 def commit(out: Location, result: dict, config: ShardConfig, source: dict, fp: str,

@@ -194,13 +194,15 @@ def test_train_batches_shapes_range_long_start_and_epochs(kth_shards):
         assert 0.0 <= b["window"].min() and b["window"].max() <= 1.0
         assert 0 <= b["long_start"] <= 6 - 4
     assert len({b["long_start"] for b in batches}) > 1
-    again = list(iter_train_batches(ds, **kwargs))
-    assert [b["long_start"] for b in again] == [b["long_start"] for b in batches]
     # Every window is a stored clip pair (uint8 / 255), shuffled but not altered.
     stored = {frames_from_row(r).tobytes() for r in _rows(out, "train")}
     for w in batches[0]["window"]:
         pixels = (w.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
         assert pixels.tobytes() in stored
+    # A DataIterator (what ray.train.get_dataset_shard returns) works the same way, and the
+    # same seed draws the same long-clip offsets.
+    from_iterator = list(iter_train_batches(ds.iterator(), **kwargs))
+    assert [b["long_start"] for b in from_iterator] == [b["long_start"] for b in batches]
     forever = iter_train_batches(ds, epochs=None, **kwargs)
     assert sum(1 for _, _ in zip(range(len(batches) + 2), forever)) == len(batches) + 2
     with pytest.raises(ValueError, match="long_len=7"):

@@ -168,3 +168,37 @@ def test_moving_mnist_is_seeded_with_disjoint_digits():
 def test_moving_mnist_rejects_small_canvas_before_any_work():
     with pytest.raises(ValueError, match="img_size=16"):
         MovingMNISTSource(1, 1).check(ShardConfig(img_size=16))
+
+
+def test_h36m_items_split_by_subject(tmp_path):
+    from pipeline import H36MSource
+
+    for rel in ("S1/Videos/Walking 1.54138969.mp4", "S11/Videos/Eating.60457274.mp4",
+                "S2/Videos/Walking.54138969.mp4", "S9/notes.txt"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    items = H36MSource(str(tmp_path)).items()
+    by_id = {i.get("video_id"): i for i in items if i["kind"] == "video"}
+    assert by_id["S1/Videos/Walking 1.54138969"]["split"] == "train"
+    assert by_id["S11/Videos/Eating.60457274"]["split"] == "test"
+    assert by_id["S11/Videos/Eating.60457274"]["action"] == "Eating"
+    [err] = [i for i in items if i["kind"] == "error"]
+    assert "S2" in err["reason"] and len(items) == 3
+
+
+def test_moving_mnist_reads_idx_files(tmp_path):
+    import gzip
+    import struct
+
+    rng = np.random.default_rng(0)
+    want = {}
+    for split, stem, n in (("train", "train-images-idx3-ubyte", 6),
+                           ("test", "t10k-images-idx3-ubyte", 3)):
+        want[split] = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        with gzip.open(tmp_path / f"{stem}.gz", "wb") as f:
+            f.write(struct.pack(">IIII", 2051, n, 28, 28) + want[split].tobytes())
+    got = load_digits(str(tmp_path))
+    for split in want:
+        np.testing.assert_array_equal(got[split], want[split])
+    with pytest.raises(FileNotFoundError, match="IDX"):
+        load_digits(str(tmp_path / "missing"))

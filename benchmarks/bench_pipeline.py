@@ -1,0 +1,108 @@
+"""Data pipeline throughput on CPU (DESIGN §7): decode, shards, loader.
+
+    python benchmarks/bench_pipeline.py                 # 36 KTH-like videos x 500 frames, 2 workers
+
+Prints, with the same output size (128x128 luma, KTH's setting):
+  1. decord's own single-file decode rate (frames/s, one thread, resize at decode),
+  2. the pipeline's end-to-end rate into shards on `--workers` Ray workers (frames/s decoded,
+     from the first task to the manifest), and its ratio to (1) x workers (target >= 0.6),
+  3. the training loader's rate (samples/s of float windows) from those shards.
+"""
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
+
+
+def make_videos(folder: str, count: int, frames: int) -> list[str]:
+    """One rendered video per action, copied under further KTH names (decode cost is the same)."""
+    from pipeline.sources.kth import ACTIONS, kth_name
+    from pipeline.synthetic import encode_avi, render_frames
+
+    os.makedirs(folder, exist_ok=True)
+    base = []
+    for i, action in enumerate(ACTIONS):
+        path = os.path.join(folder, f"{kth_name(1 + i, action, 1)}_uncomp.avi")
+        encode_avi(render_frames(action, 1 + i, 1, frames), path)
+        base.append(path)
+    paths = list(base)
+    for k in range(len(base), count):
+        person, action, scenario = 1 + k % 25, ACTIONS[k % 6], 1 + (k // 25) % 4
+        path = os.path.join(folder, f"{kth_name(person, action, scenario)}_uncomp.avi")
+        if not os.path.exists(path):
+            shutil.copy(base[k % 6], path)
+            paths.append(path)
+    return paths
+
+
+def decord_rate(path: str, size: int, repeats: int = 3) -> float:
+    import decord
+
+    rates = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        vr = decord.VideoReader(path, width=size, height=size, num_threads=1)
+        n = len(vr.get_batch(list(range(len(vr)))).asnumpy())
+        rates.append(n / (time.perf_counter() - t0))
+    return statistics.median(rates)
+
+
+def loader_rate(shards: str, batch_size: int, batches: int) -> float:
+    from pipeline import iter_train_batches, load_split
+
+    ds = load_split(shards, "train")
+    it = iter_train_batches(ds, batch_size=batch_size, short_len=10, out_len=10, long_len=20,
+                            seed=0, epochs=None)
+    next(it)  # pipeline start-up is not throughput
+    t0 = time.perf_counter()
+    for _ in range(batches):
+        next(it)
+    return batches * batch_size / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--videos", type=int, default=36)
+    p.add_argument("--frames", type=int, default=500)
+    p.add_argument("--img-size", type=int, default=128)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=16)
+    args = p.parse_args()
+
+    import ray
+
+    from pipeline import KTHSource, ShardConfig, prepare
+
+    work = tempfile.mkdtemp(prefix="bench-pipeline-")
+    try:
+        videos = make_videos(os.path.join(work, "kth"), args.videos, args.frames)
+        single = decord_rate(videos[0], args.img_size)
+        ray.init(num_cpus=args.workers, include_dashboard=False, log_to_driver=False)
+        cfg = ShardConfig(short_len=10, out_len=10, img_size=args.img_size, train_stride=20)
+        summary = prepare(KTHSource(os.path.join(work, "kth")), os.path.join(work, "shards"), cfg,
+                          verbose=False)
+        pipe = summary["frames_decoded"] / summary["seconds"]
+        samples = loader_rate(os.path.join(work, "shards"), args.batch_size, 40)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    target = single * args.workers
+    print(f"\nbench_pipeline: {len(videos)} videos x {args.frames} frames -> "
+          f"{args.img_size}x{args.img_size} luma, {args.workers} workers, {os.cpu_count()} CPUs")
+    print(f"  decord single file, 1 thread      {single:10,.0f} frames/s")
+    print(f"  pipeline end to end (-> shards)   {pipe:10,.0f} frames/s "
+          f"({summary['frames_decoded']:,} frames in {summary['seconds']:.1f} s)")
+    print(f"  ratio pipeline / (decord x {args.workers})     {pipe / target:10.2f}   (target >= 0.60)")
+    print(f"  loader (float windows, 20 frames) {samples:10,.0f} samples/s "
+          f"= {samples * 20:,.0f} frames/s, batch {args.batch_size}")
+    print(f"  ratio loader frames / pipeline    {samples * 20 / pipe:10.2f}")
+
+
+if __name__ == "__main__":
+    main()
