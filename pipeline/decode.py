@@ -92,7 +92,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 class _Reader:
-    """In-process decord reader for one file (used inside the child, and by benchmarks)."""
+    """In-process decord reader for one file (what the child process runs)."""
 
     def __init__(self, path: str, size: int, channels: int, threads: int = 1):
         import decord  # imported lazily: only decoding processes need it

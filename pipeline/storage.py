@@ -71,14 +71,8 @@ class Location:
         rel = "/".join(p.strip("/") for p in parts if p)
         return f"{self.uri}/{rel}" if rel else self.uri
 
-    def child(self, *parts: str) -> "Location":
-        return Location(self.uri_of(*parts), self.fs, self.path(*parts))
-
     def exists(self, *parts: str) -> bool:
         return self.fs.get_file_info(self.path(*parts)).type != pafs.FileType.NotFound
-
-    def is_dir(self) -> bool:
-        return self.fs.get_file_info(self.root).type == pafs.FileType.Directory
 
     def size(self, *parts: str) -> int | None:
         info = self.fs.get_file_info(self.path(*parts))
@@ -147,6 +141,3 @@ class Location:
             self.fs.delete_dir(path)
         elif info.type == pafs.FileType.File:
             self.fs.delete_file(path)
-
-    def makedirs(self) -> None:
-        self.fs.create_dir(self.root, recursive=True)
