@@ -534,6 +534,9 @@ def _maybe_crash(debug: dict, rank: int, iteration: int) -> None:
     crash = debug.get("crash")
     if crash and crash["rank"] == rank and crash["iteration"] == iteration:
         if not os.path.exists(crash["marker"]):
+            # Ray Train registers a reported checkpoint when it next polls the workers (every
+            # 2 s); `after_s` lets a test die only once the last one is surely registered.
+            time.sleep(crash.get("after_s", 0))
             with open(crash["marker"], "w") as f:
                 f.write(f"rank {rank} died at iteration {iteration}\n")
             os._exit(1)

@@ -41,7 +41,8 @@ def settings(shards, storage, name, **kw):
 
 
 def checkpoints(run_dir):
-    return sorted(os.path.basename(p) for p in glob.glob(os.path.join(run_dir, "checkpoint_*")))
+    return sorted(os.path.basename(p) for p in glob.glob(os.path.join(run_dir, "checkpoint_*"))
+                  if os.path.isdir(p))
 
 
 # -- (a) DDP -----------------------------------------------------------------------------------
@@ -89,7 +90,8 @@ def test_killed_worker_resumes_from_latest_checkpoint(shards, tmp_path):
     marker = tmp_path / "crashed"
     cfg = dataclasses.replace(CFG, iterations=6)
     s = settings(shards, tmp_path, "crash", max_failures=2,
-                 debug={"crash": {"rank": 1, "iteration": 3, "marker": str(marker)}})
+                 debug={"crash": {"rank": 1, "iteration": 3, "marker": str(marker),
+                                    "after_s": 8}})
     m = train(cfg, s, verbose=False)
     assert marker.exists()                          # rank 1's process did die (os._exit)
     assert m["iterations"] == 6
