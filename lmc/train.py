@@ -113,9 +113,86 @@ class Plan:
     resume_from: str | None          # latest checkpoint folder of an existing run, if any
 
 
-def _location(uri: str):
-    from pipeline.storage import Location
-    return Location.of(uri)
+class Folder:
+    """A run or storage folder: a local path or s3://bucket/prefix behind pyarrow.fs. S3 uses
+    the pipeline's environment-configured filesystem (endpoint override, credentials from the
+    environment or instance role only). Picklable, so workers get it in their config."""
+
+    def __init__(self, uri: str, fs=None, root: str | None = None):
+        import pyarrow.fs as pafs
+        uri = str(uri)
+        if fs is None:
+            if uri.startswith("s3://"):
+                from pipeline.storage import s3_filesystem
+                root = uri[len("s3://"):].rstrip("/")
+                if not root:
+                    raise ValueError(f"{uri!r}: an s3:// location needs a bucket")
+                fs, uri = s3_filesystem(), uri.rstrip("/")
+            elif "://" in uri and not uri.startswith("file://"):
+                raise ValueError(f"{uri!r}: only local paths and s3:// are supported")
+            else:
+                uri = root = os.path.abspath(uri.removeprefix("file://"))
+                fs = pafs.LocalFileSystem()
+        self.uri, self.fs, self.root = uri, fs, root
+        self.is_local = isinstance(fs, pafs.LocalFileSystem)
+
+    def child(self, name: str) -> "Folder":
+        return Folder(f"{self.uri}/{name}", self.fs, f"{self.root}/{name}")
+
+    def path(self, *parts: str) -> str:
+        return "/".join([self.root, *[p.strip("/") for p in parts if p]])
+
+    def exists(self, *parts: str) -> bool:
+        import pyarrow.fs as pafs
+        return self.fs.get_file_info(self.path(*parts)).type != pafs.FileType.NotFound
+
+    def makedirs(self) -> None:
+        self.fs.create_dir(self.root, recursive=True)
+
+    def list_files(self) -> list[str]:
+        import pyarrow.fs as pafs
+        sel = pafs.FileSelector(self.root, recursive=True, allow_not_found=True)
+        n = len(self.root.rstrip("/")) + 1
+        return sorted(i.path[n:] for i in self.fs.get_file_info(sel)
+                      if i.type == pafs.FileType.File)
+
+    def read_bytes(self, *parts: str) -> bytes:
+        with self.fs.open_input_stream(self.path(*parts)) as f:
+            return f.read()
+
+    def write_bytes(self, data: bytes, *parts: str) -> None:
+        target = self.path(*parts)
+        if self.is_local:  # atomic: temp file + rename
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".tmp-")
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, target)
+        else:
+            with self.fs.open_output_stream(target) as f:
+                f.write(data)
+
+    def put_file(self, local_path: str, *parts: str) -> None:
+        with open(local_path, "rb") as f:
+            self.write_bytes(f.read(), *parts)
+
+    def fetch(self, *parts: str) -> tuple[str, bool]:
+        """A local path to read: the file itself, or a temp copy (then True)."""
+        if self.is_local:
+            return self.path(*parts), False
+        fd, tmp = tempfile.mkstemp()
+        with os.fdopen(fd, "wb") as f:
+            f.write(self.read_bytes(*parts))
+        return tmp, True
+
+    def delete(self, *parts: str) -> None:
+        import pyarrow.fs as pafs
+        if self.fs.get_file_info(self.path(*parts)).type == pafs.FileType.File:
+            self.fs.delete_file(self.path(*parts))
+
+
+def _location(uri: str) -> Folder:
+    return Folder(uri)
 
 
 def _check_data(cfg: LMCConfig, s: RunSettings) -> tuple[dict, Protocol]:
@@ -164,7 +241,7 @@ def _check_storage(s: RunSettings):
         probe = f".probe-{os.getpid()}-{time.time_ns()}"
         run.write_bytes(b"ok", probe)
         run.delete(probe)
-    except Exception as e:  # any failure here means: the run could not save anything
+    except (OSError, ValueError) as e:  # pyarrow raises OSError subclasses for I/O failures
         raise StorageError(f"--storage {s.storage}: cannot create or write {s.storage}/{s.name} "
                            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
                            "check the path, bucket, endpoint and credentials") from None
