@@ -94,7 +94,8 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     target = single * args.workers
     print(f"\nbench_pipeline: {len(videos)} videos x {args.frames} frames -> "
-          f"{args.img_size}x{args.img_size} luma, {args.workers} workers, {os.cpu_count()} CPUs")
+          f"{args.img_size}x{args.img_size} luma, {args.workers} workers, {os.cpu_count()} CPUs, "
+          f"load average {os.getloadavg()[0]:.1f} (other work on the machine skews the ratios)")
     print(f"  decord single file, 1 thread      {single:10,.0f} frames/s")
     print(f"  pipeline end to end (-> shards)   {pipe:10,.0f} frames/s "
           f"({summary['frames_decoded']:,} frames in {summary['seconds']:.1f} s)")

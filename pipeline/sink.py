@@ -66,7 +66,8 @@ class ShardDatasink(Datasink):
             os.close(fd)
             writers[split] = (tmp, pq.ParquetWriter(
                 tmp, SHARD_SCHEMA, compression="zstd", compression_level=self.config.zstd_level,
-                use_dictionary=["video_id", "split", "action", "scenario"]))
+                use_dictionary=["video_id", "split", "action", "scenario"],
+                write_statistics=[f.name for f in SHARD_SCHEMA if f.name != "frames"]))
         return writers[split][1]
 
     @staticmethod
