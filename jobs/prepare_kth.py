@@ -16,7 +16,8 @@ def main() -> None:
                    help="KTH sequence file (default: <input>/00sequences.txt when present)")
     p.add_argument("--synthetic", type=int, default=None, metavar="N_PER_ACTION",
                    help="first write N KTH-like synthetic videos per action into --input")
-    p.add_argument("--synthetic-frames", type=int, default=150)
+    p.add_argument("--synthetic-frames", type=int, default=300,
+                   help="frames per synthetic video (4 sub-sequences each, like KTH's)")
     args = p.parse_args()
 
     def source():

@@ -90,8 +90,10 @@ def decode_and_window(loc: Location, item: dict, config: ShardConfig) -> Iterato
         length = config.window_len_for(item["split"])
         starts = plan_starts(info.num_frames, item, config)
         if not starts:
+            where = "its sub-sequences" if item.get("segments") else "its frames"
             raise DecodeError(f"too short: {info.num_frames} frames (frame_step "
-                              f"{config.frame_step}) hold no {item['split']} window of {length}")
+                              f"{config.frame_step}); {where} hold no {item['split']} window "
+                              f"of {length}")
         frames = {}  # span start -> (T, S, S, C) uint8, in kept-frame indices
         for a, b in frames_needed(starts, length):
             chunks = [decoder.read(c * config.frame_step,
