@@ -8,18 +8,22 @@ reported as skipped with the reason and a fresh child is started for the next on
 Frames are resized at decode (`VideoReader(width=, height=)`); grayscale is the BT.601 luma of
 the decoded RGB frame (0.299 R + 0.587 G + 0.114 B, rounded), never one colour channel.
 
-Protocol (child <-> parent, over pipes): one JSON request line; one JSON reply line, followed by
-`nbytes` raw bytes when the reply carries frames.
+Protocol (child <-> parent, over pipes): one JSON request line, one JSON reply line. Frames go
+through a file in shared memory (/dev/shm) rather than the pipe: one hand-off per chunk instead
+of one per 64 KB pipe buffer, which matters on a busy machine where every wake-up of a niced
+Ray worker waits for the scheduler.
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,13 +36,23 @@ class DecodeError(Exception):
 
 
 def luma(rgb: np.ndarray) -> np.ndarray:
-    """(..., 3) uint8 RGB -> (..., 1) uint8 BT.601 luma, rounded half up, exact in integers."""
-    y = rgb[..., 0].astype(np.uint32) * _LUMA[0]  # in-place steps: 2x faster than a matmul
-    y += rgb[..., 1] * _LUMA[1]
-    y += rgb[..., 2] * _LUMA[2]
-    y += 500
-    y //= 1000
-    return y.astype(np.uint8)[..., None]
+    """(..., H, W, 3) uint8 RGB -> (..., H, W, 1) uint8 BT.601 luma, rounded half up, exact.
+
+    Integer arithmetic in place, over slices of ~128k pixels so the uint32 temporaries stay in
+    cache: about 3x faster than one pass (or a float matmul) over a whole video.
+    """
+    flat = rgb.reshape(-1, *rgb.shape[-3:])  # (N, H, W, 3)
+    out = np.empty(flat.shape[:-1] + (1,), np.uint8)
+    step = max(1, (1 << 17) // (flat.shape[1] * flat.shape[2]))
+    for i in range(0, len(flat), step):
+        part = flat[i:i + step]
+        y = part[..., 0].astype(np.uint32) * _LUMA[0]
+        y += part[..., 1] * _LUMA[1]
+        y += part[..., 2] * _LUMA[2]
+        y += 500
+        y //= 1000
+        out[i:i + step, ..., 0] = y
+    return out.reshape(rgb.shape[:-1] + (1,))
 
 
 @dataclass(frozen=True)
@@ -129,7 +143,6 @@ def _serve(lines=None) -> None:
     reader: _Reader | None = None
     for line in sys.stdin.buffer if lines is None else lines:
         req = json.loads(line)
-        payload = b""
         try:
             if req["op"] == "open":
                 reader = None
@@ -137,14 +150,13 @@ def _serve(lines=None) -> None:
                 reply = {"ok": True, **reader.info.__dict__}
             else:
                 frames = np.ascontiguousarray(reader.read(req["start"], req["stop"], req["step"]))
-                payload = frames.tobytes()
-                reply = {"ok": True, "shape": list(frames.shape), "nbytes": len(payload)}
+                frames.tofile(req["out"])
+                reply = {"ok": True, "shape": list(frames.shape), "file": req["out"]}
         except DecodeError as exc:
             reply = {"ok": False, "reason": str(exc)}
         except Exception as exc:  # never let the child die on a Python-level error
             reply = {"ok": False, "reason": f"decoder error: {_first_line(exc)}"}
         out.write(json.dumps(reply).encode() + b"\n")
-        out.write(payload)
         out.flush()
 
 
@@ -157,6 +169,10 @@ class IsolatedDecoder:
         self.timeout_s = timeout_s
         self._proc: subprocess.Popen | None = None
         self._stderr = None
+        shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+        self._scratch = tempfile.mkdtemp(prefix="lmc-decode-", dir=shm)
+        weakref.finalize(self, shutil.rmtree, self._scratch, True)
+        self._reads = 0
 
     def _start(self) -> subprocess.Popen:
         env = dict(os.environ)
@@ -167,7 +183,7 @@ class IsolatedDecoder:
             self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, env=env)
         return self._proc
 
-    def _call(self, request: dict) -> tuple[dict, bytes]:
+    def _call(self, request: dict) -> dict:
         proc = self._proc if self._proc and self._proc.poll() is None else self._start()
         fired = threading.Event()
         timer = threading.Timer(self.timeout_s, lambda: (fired.set(), proc.kill()))
@@ -177,16 +193,15 @@ class IsolatedDecoder:
             proc.stdin.flush()
             header = proc.stdout.readline()
             reply = json.loads(header) if header else None
-            payload = proc.stdout.read(reply["nbytes"]) if reply and reply.get("nbytes") else b""
         except (BrokenPipeError, OSError, ValueError):
-            reply, payload = None, b""
+            reply = None
         finally:
             timer.cancel()
-        if reply is None or (reply.get("nbytes") and len(payload) != reply["nbytes"]):
+        if reply is None:
             raise DecodeError(self._death_reason(proc, fired.is_set()))
         if not reply["ok"]:
             raise DecodeError(reply["reason"])
-        return reply, payload
+        return reply
 
     def _death_reason(self, proc: subprocess.Popen, timed_out: bool) -> str:
         code = proc.wait()
@@ -199,20 +214,31 @@ class IsolatedDecoder:
         return f"decoder crashed ({what})" + (f": {tail[0][:200]}" if tail else "")
 
     def open(self, path: str, *, size: int, channels: int, threads: int = 1) -> VideoInfo:
-        reply, _ = self._call({"op": "open", "path": path, "size": size, "channels": channels,
+        reply = self._call({"op": "open", "path": path, "size": size, "channels": channels,
                                "threads": threads})
         return VideoInfo(reply["num_frames"], reply["width"], reply["height"], reply["fps"])
 
     def read(self, start: int, stop: int, step: int = 1) -> np.ndarray:
         """Frames [start, stop) every `step` of the open video -> (T, S, S, C) uint8."""
-        reply, payload = self._call({"op": "read", "start": start, "stop": stop, "step": step})
-        return np.frombuffer(payload, np.uint8).reshape(reply["shape"])
+        self._reads += 1
+        out = os.path.join(self._scratch, f"{self._reads}.raw")
+        try:
+            reply = self._call({"op": "read", "start": start, "stop": stop, "step": step,
+                                "out": out})
+            frames = np.fromfile(out, np.uint8)
+        finally:
+            if os.path.exists(out):
+                os.remove(out)
+        if frames.size != int(np.prod(reply["shape"])):
+            raise DecodeError(f"decoder returned {frames.size} bytes for shape {reply['shape']}")
+        return frames.reshape(reply["shape"])
 
     def close(self) -> None:
         if self._proc is not None:
             self._proc.stdin.close()
             self._proc.wait()
             self._proc = None
+        shutil.rmtree(self._scratch, ignore_errors=True)
 
 
 _worker_decoder: IsolatedDecoder | None = None
