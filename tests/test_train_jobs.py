@@ -21,7 +21,7 @@ import urllib.request
 import pytest
 import yaml
 
-from test_train import CFG, IMG, OUT, SHORT
+from test_train import CFG, IMG, OUT, SHORT, shards  # noqa: F401  (module fixture)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -49,7 +49,11 @@ def head(request):
     port, dash = _free_port(), _free_port()
     cmd = ["ray", "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
            "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2",
-           "--include-dashboard=true", f"--temp-dir={temp}", "--disable-usage-stats"]
+           "--include-dashboard=true", f"--temp-dir={temp}", "--disable-usage-stats",
+           # the session cluster's agent holds the default agent ports: pick free ones
+           f"--dashboard-agent-listen-port={_free_port()}",
+           f"--dashboard-agent-grpc-port={_free_port()}",
+           f"--runtime-env-agent-port={_free_port()}", f"--metrics-export-port={_free_port()}"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     url = f"http://127.0.0.1:{dash}"
@@ -67,7 +71,7 @@ def head(request):
                 time.sleep(1)
         yield {"url": url, "env": env, "mode": request.param}
     finally:
-        for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+        for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 10)):
             try:
                 os.killpg(proc.pid, sig)
                 proc.wait(timeout=wait)
@@ -93,9 +97,14 @@ def test_ray_job_submit_trains_and_checkpoints(head, shards, tmp_path):
            "--img-size", str(IMG), "--short-len", str(SHORT), "--out-len", str(OUT),
            "--long-len", str(CFG.long_len), "--width", str(CFG.width),
            "--memory-slots", str(CFG.memory_slots), "--eval-windows", "4", "--test-windows", "4"]
-    out = subprocess.run(cmd, cwd=ROOT, env=head["env"], capture_output=True, text=True,
-                         timeout=400)
-    log = out.stdout + out.stderr
+    deadline = time.time() + 90
+    while True:  # the head's job agent comes up a little after its HTTP server
+        out = subprocess.run(cmd, cwd=ROOT, env=head["env"], capture_output=True, text=True,
+                             timeout=400)
+        log = out.stdout + out.stderr
+        if "No available agent" not in log or time.time() > deadline:
+            break
+        time.sleep(3)
     assert out.returncode == 0, log[-3000:]
     assert re.search(r"Job '.*' succeeded", log), log[-3000:]
     run = storage / "job"
