@@ -35,12 +35,14 @@ class ShardConfig:
     decode_chunk: int = 256           # frames decoded per request (bounds decoder memory)
     decode_threads: int = 1           # decord threads per video (workers already run in parallel)
     decode_timeout_s: float = 600.0   # a video whose decoding takes longer is skipped
+    inputs_per_task: int = 4          # videos (or sequence chunks) per Ray task: fewer task
+                                      # start-ups, while keeping >= 2 tasks per cluster CPU
     row_group_rows: int = 32          # rows per Parquet row group (bounds reader memory)
     zstd_level: int = 3
 
     def __post_init__(self) -> None:
         for name in ("short_len", "out_len", "img_size", "train_stride", "frame_step",
-                     "decode_chunk", "decode_threads", "row_group_rows"):
+                     "decode_chunk", "decode_threads", "row_group_rows", "inputs_per_task"):
             value = getattr(self, name)
             _require(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
                      name, value, "an integer >= 1")
@@ -80,6 +82,6 @@ class ShardConfig:
     def identity(self) -> dict:
         """The fields that change the shards' contents (performance knobs excluded)."""
         d = self.to_dict()
-        for knob in ("decode_chunk", "decode_threads", "decode_timeout_s"):
+        for knob in ("decode_chunk", "decode_threads", "decode_timeout_s", "inputs_per_task"):
             d.pop(knob)
         return d

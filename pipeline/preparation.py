@@ -1,6 +1,7 @@
 """The Ray Data chain that turns a source into a shard dataset.
 
-    ray.data.from_items(items)            one small dict per video (or per chunk of sequences)
+    ray.data.from_items(items)            one small dict per video (or per chunk of sequences),
+                                          a few per task
       .flat_map(source.rows, config)      decode + window in the task: one row per clip pair
       .write_datasink(ShardDatasink)      per-split zstd Parquet shards, streamed per task
 
@@ -9,15 +10,13 @@ before Ray starts; an output that already holds this dataset makes the run a no-
 """
 from __future__ import annotations
 
-import logging
+import math
 import time
 
 from pipeline.config import ShardConfig
 from pipeline.shards import check_output, clear_output, commit, fingerprint
 from pipeline.storage import Location
 from pipeline.summary import build_summary, format_table
-
-log = logging.getLogger(__name__)
 
 
 def _rows(item: dict, source, config: ShardConfig):
@@ -63,7 +62,9 @@ def prepare(source, output: str, config: ShardConfig | None = None, *, overwrite
     if hasattr(source, "digits") and isinstance(source.digits, dict):
         source.digits = ray.put(source.digits)  # shipped once, not inside every task
     sink = ShardDatasink(out, config)
-    (ray.data.from_items(items, override_num_blocks=len(items))
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    tasks = max(math.ceil(len(items) / config.inputs_per_task), min(len(items), 2 * cpus))
+    (ray.data.from_items(items, override_num_blocks=tasks)
         .flat_map(_rows, fn_kwargs={"source": source, "config": config})
         .write_datasink(sink))
     seconds = time.perf_counter() - t0

@@ -45,7 +45,7 @@ class ShardDatasink(Datasink):
                         videos.append({"path": table[PATH][i].as_py(),
                                        "frames": table[DECODED][i].as_py()})
                 windows = table.filter(pc.equal(table[KIND], "window"))
-                if not windows.num_rows:  # a block of skips only has no window columns
+                if not windows.num_rows:  # only skipped inputs in this block
                     continue
                 for split in SPLITS:
                     part = windows.filter(pc.equal(windows["split"], split))
