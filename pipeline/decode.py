@@ -221,6 +221,7 @@ class IsolatedDecoder:
     def read(self, start: int, stop: int, step: int = 1) -> np.ndarray:
         """Frames [start, stop) every `step` of the open video -> (T, S, S, C) uint8."""
         self._reads += 1
+        os.makedirs(self._scratch, exist_ok=True)  # (again, if close() removed it)
         out = os.path.join(self._scratch, f"{self._reads}.raw")
         try:
             reply = self._call({"op": "read", "start": start, "stop": stop, "step": step,
