@@ -1,0 +1,18 @@
+"""Ray Tune sweep on KTH: memory slots, short/long clip lengths and learning rate, each trial a
+Ray Train run, ASHA on the validation metric. Only valid length combinations are tried.
+
+    python jobs/tune_kth.py --data shards/kth --storage runs --name kth-sweep --iterations 20000
+    python jobs/tune_kth.py --preset tiny --set img_size=32 --set out_len=4 --data shards/tiny \
+        --storage runs --slots 4 8 --long-len 9 12 --iterations 8 --eval-every 2
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import _path  # noqa: E402,F401  (repo root on PYTHONPATH for Ray workers too)
+
+from lmc.tune_cli import main  # noqa: E402
+
+if __name__ == "__main__":
+    main(default_preset="paper-kth", default_long_len=(10, 20, 30, 40), doc=__doc__)

@@ -1,0 +1,421 @@
+"""Ray Tune sweep of the memory slot size, the clip lengths and the learning rate.
+
+    from lmc.tune import SweepSpace, SweepSettings, sweep
+    result = sweep(lmc.preset("paper-kth"), SweepSpace(memory_slots=(25, 50, 100, 200)),
+                   SweepSettings(data="shards/kth", storage="runs", name="kth-sweep"))
+
+Every trial is one Ray Train run of the training driver (``lmc.train``): the Tune trial is only
+the *driver* of a ``TorchTrainer`` whose workers run ``lmc.train.train_loop_per_worker`` (Ray
+Train V2's way of composing Train and Tune: a function trainable that calls ``trainer.fit()``
+with ``TuneReportCallback`` forwarding the workers' reports). The validation metrics that the
+workers report every ``eval_every`` iterations (``val_mse``, ``val_lpips`` when LPIPS weights are
+on the machine) drive an ASHA scheduler on ``iteration``.
+
+Before any Ray work the space is expanded into its (memory_slots, short_len, long_len)
+combinations and filtered: a combination is kept only if it makes a valid config
+(long_len <= short_len + out_len, clips >= 9 frames, ...) and the shards can feed it (same
+image size and channels, windows as long as short_len + out_len, and the shards' short_len, which
+the training driver requires). Rejected combinations are listed with their reason; a space
+with none left is a ``SweepSpaceError``. The kept combinations are grid-searched, the learning
+rate is drawn log-uniformly (or grid-searched over a list); ``num_samples`` repeats the grid.
+
+Placement groups: when ASHA stops a trial, Tune kills the trial's actor and with it the Train
+controller; Ray Train V2 then frees the run's worker placement group through its State-API
+based cleaner, which needs the Ray dashboard. On a cluster started without the dashboard
+(``include_dashboard=False``) a stopped trial's CPUs stay reserved and later trials wait for
+them: run sweeps on a cluster with the dashboard (the default of ``ray start`` / ``ray.init``).
+
+Results live under the same storage as training runs (path or s3://): ``<storage>/<name>/``
+holds Tune's experiment state and trial folders, the Train runs ``train-<trial id>/``,
+``results.csv`` (trials sorted by the metric), ``best_config.json`` (an LMCConfig JSON for
+``jobs/train_*.py --config``) and ``sweep.png`` (metric vs slot size, lengths and lr).
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import itertools
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from .config import ConfigError, LMCConfig
+
+RESULTS_FILE, BEST_FILE, PLOT_FILE = "results.csv", "best_config.json", "sweep.png"
+# A trial only drives its Train run (the workers hold the real resources); Tune needs a
+# non-empty request, so it asks for a sliver of a CPU.
+TRIAL_DRIVER_CPU = 0.01
+
+
+class SweepSpaceError(ValueError):
+    """The search space holds no combination that can be trained on the data."""
+
+
+@dataclass(frozen=True)
+class SweepSpace:
+    """What a sweep varies. Every other config field comes from the base config."""
+
+    memory_slots: Sequence[int] = (25, 50, 100, 200)
+    short_len: Sequence[int] = (10,)
+    long_len: Sequence[int] = (10, 20, 30, 40)
+    lr: Sequence[float] = (1e-4, 1e-3)   # two values: log-uniform range; else: a grid of values
+    lr_log_uniform: bool = True
+
+    def __post_init__(self):
+        for name in ("memory_slots", "short_len", "long_len", "lr"):
+            v = getattr(self, name)
+            if not v:
+                raise SweepSpaceError(f"sweep dimension {name!r} is empty")
+        if self.lr_log_uniform and (len(self.lr) != 2 or not 0 < self.lr[0] < self.lr[1]):
+            raise SweepSpaceError(f"lr={tuple(self.lr)}: a log-uniform range needs (low, high) "
+                                  "with 0 < low < high; or set lr_log_uniform=False for a list")
+
+
+@dataclass(frozen=True)
+class SweepSettings:
+    """Where the sweep reads and writes, and how trials are scheduled."""
+
+    data: str
+    storage: str
+    name: str = "sweep"
+    num_samples: int = 1              # learning rates drawn per (slots, short, long) combination
+    num_workers: int = 1              # Ray Train workers per trial
+    cpus_per_worker: float = 1.0
+    use_gpu: bool = False
+    max_concurrent_trials: int | None = None   # None: from the cluster's resources
+    metric: str | None = None         # None: "val_lpips" when LPIPS is available, else "val_mse"
+    eval_every: int = 10              # validation (and an ASHA decision point) every K iterations
+    eval_windows: int = 16
+    grace_period: int | None = None   # ASHA: iterations before a trial can be stopped (None: eval_every)
+    reduction_factor: int = 2
+    trial_retries: int = 1            # Tune re-runs a failed trial this many times
+    max_failures: int = 1             # Ray Train worker-group restarts inside one trial
+    seed: int = 0                     # the search's random draws (lr)
+
+    def __post_init__(self):
+        for n in ("num_samples", "num_workers", "eval_every", "eval_windows"):
+            if not isinstance(getattr(self, n), int) or getattr(self, n) < 1:
+                raise ConfigError(f"sweep setting {n!r} = {getattr(self, n)!r}: an integer >= 1")
+        if self.reduction_factor < 2:
+            raise ConfigError(f"sweep setting 'reduction_factor' = {self.reduction_factor}: >= 2")
+        if "/" in self.name or not self.name:
+            raise ConfigError(f"sweep setting 'name' = {self.name!r}: a folder name without '/'")
+
+
+# ---------------------------------------------------------------------------------------------
+# the space, filtered before Ray
+
+def expand_space(base: LMCConfig, space: SweepSpace,
+                 data: dict | None = None) -> tuple[list[dict], list[tuple[dict, str]]]:
+    """(kept combinations, [(rejected combination, reason)]) of (memory_slots, short_len,
+    long_len). ``data``: ``lmc.evaluate.data_info`` of the shards plus their train window length
+    under "train_window_len" (checked when given)."""
+    kept, rejected = [], []
+    for slots, short, long_ in itertools.product(space.memory_slots, space.short_len,
+                                                 space.long_len):
+        combo = {"memory_slots": slots, "short_len": short, "long_len": long_}
+        try:
+            cfg = dataclasses.replace(base, **combo)
+        except ConfigError as e:
+            rejected.append((combo, str(e).replace("config field ", "")))
+            continue
+        reason = _data_reason(cfg, data) if data else None
+        if reason:
+            rejected.append((combo, reason))
+        else:
+            kept.append(combo)
+    return kept, rejected
+
+
+def _data_reason(cfg: LMCConfig, data: dict) -> str | None:
+    if cfg.short_len != data["short_len"]:
+        return (f"the shards were cut with short_len {data['short_len']} (the training driver "
+                "needs the same); prepare shards for this short_len")
+    if cfg.window_len > data["train_window_len"]:
+        return (f"short_len + out_len = {cfg.window_len} frames but the train windows hold "
+                f"{data['train_window_len']}")
+    return None
+
+
+def shard_facts(path: str) -> dict:
+    """``data_info`` of the shards plus the train window length."""
+    import pipeline
+
+    from .evaluate import data_info
+
+    info = data_info(path)
+    c = pipeline.read_manifest(path)["config"]
+    return {**info, "train_window_len": int(c["short_len"]) + int(c["out_len"])}
+
+
+def check_space(base: LMCConfig, space: SweepSpace, data: dict | None = None) -> list[dict]:
+    """The kept combinations, or a ``SweepSpaceError`` listing why each one was rejected."""
+    if data is not None:
+        for key in ("channels", "img_size"):
+            if getattr(base, key) != data[key]:
+                raise SweepSpaceError(f"the base config has {key}={getattr(base, key)} but the "
+                                      f"shards at {data['path']} hold {key}={data[key]}")
+    kept, rejected = expand_space(base, space, data)
+    if not kept:
+        lines = "\n".join(f"  {c}: {r}" for c, r in rejected)
+        raise SweepSpaceError(f"the sweep space has no valid combination "
+                              f"(out_len {base.out_len}):\n{lines}")
+    return kept
+
+
+def max_concurrent(resources: dict, num_workers: int, cpus_per_worker: float,
+                   use_gpu: bool) -> int:
+    """Trials that can train at once: every Train worker's CPUs (GPUs) reserved, plus one CPU
+    left for Ray Data's shard reading."""
+    if use_gpu:
+        return max(1, int(resources.get("GPU", 0) // num_workers))
+    free = resources.get("CPU", 1) - 1
+    return max(1, int(free // (num_workers * cpus_per_worker + TRIAL_DRIVER_CPU)))
+
+
+# ---------------------------------------------------------------------------------------------
+# one trial: a Ray Train run
+
+def _run_training(cfg: LMCConfig, run_settings, callbacks: list) -> None:
+    """One Ray Train run of the training driver with ``callbacks`` on its RunConfig."""
+    from . import train as driver
+
+    if "callbacks" in inspect.signature(driver.train).parameters:  # the driver's own hook
+        driver.train(cfg, run_settings, callbacks=callbacks, verbose=False)
+        return
+    # The driver's train() builds the same TorchTrainer; this mirrors it with the callbacks
+    # (until train() takes them itself).
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    plan = driver.validate(cfg, run_settings)
+    storage = driver._location(run_settings.storage)
+    trainer = TorchTrainer(
+        driver.train_loop_per_worker,
+        train_loop_config={"model": cfg.to_dict(), "run": dataclasses.asdict(run_settings),
+                           "run_uri": plan.run_uri, "protocol": dataclasses.asdict(plan.protocol)},
+        scaling_config=ScalingConfig(num_workers=run_settings.num_workers,
+                                     use_gpu=run_settings.use_gpu,
+                                     resources_per_worker={"CPU": run_settings.cpus_per_worker}),
+        run_config=RunConfig(
+            name=run_settings.name, storage_path=storage.root,
+            storage_filesystem=None if storage.is_local else storage.fs,
+            failure_config=FailureConfig(max_failures=run_settings.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=run_settings.num_to_keep),
+            callbacks=callbacks),
+        datasets={"train": driver._train_dataset(run_settings.data, plan.manifest)},
+    )
+    trainer.fit()
+    error = driver._read_json(driver._location(plan.run_uri), driver.ERROR_FILE)
+    if error:
+        raise FloatingPointError(error["message"])
+
+
+def _trial(config: dict, *, base: dict, settings: dict, trial_storage: str) -> None:
+    """Tune function trainable: build the trial's config and run it as a Ray Train run."""
+    import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from .train import RunSettings
+
+    cfg = LMCConfig.from_dict({**base, **config["combo"], "lr": float(config["lr"])})
+    s = SweepSettings(**settings)
+    # Trials queue for workers on a busy cluster: give the worker group longer than Ray
+    # Train's 60 s default to start (an explicit setting in the environment wins).
+    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "600")
+    trial_id = ray.tune.get_context().get_trial_id()
+    run_settings = RunSettings(
+        data=s.data, storage=trial_storage, name=f"train-{trial_id}", num_workers=s.num_workers,
+        use_gpu=s.use_gpu, cpus_per_worker=s.cpus_per_worker,
+        checkpoint_every=s.eval_every, eval_every=s.eval_every, eval_windows=s.eval_windows,
+        test_windows=s.eval_windows, max_failures=s.max_failures, num_to_keep=1,
+        artifacts=False)
+    _run_training(cfg, run_settings, [TuneReportCallback()])
+
+
+# ---------------------------------------------------------------------------------------------
+# the sweep
+
+def _search_space(combos: list[dict], space: SweepSpace):
+    from ray import tune
+
+    lr = (tune.loguniform(*space.lr) if space.lr_log_uniform
+          else tune.grid_search([float(x) for x in space.lr]))
+    return {"combo": tune.grid_search(combos), "lr": lr}
+
+
+def sweep(base: LMCConfig, space: SweepSpace, settings: SweepSettings, *, log=print) -> dict:
+    """Run the sweep; returns {"trials": rows sorted by the metric, "best": row, "best_config":
+    path, "results": path, "plot": path, "metric", "rejected": [...]}.
+
+    Raises ``SweepSpaceError`` (no valid combination) and the driver's data/storage errors
+    before any trial starts."""
+    from .metrics import lpips_status
+    from .train import Folder, RunSettings, validate
+
+    facts = shard_facts(settings.data)
+    combos = check_space(base, space, facts)
+    _, rejected = expand_space(base, space, facts)
+    metric = settings.metric or ("val_lpips" if lpips_status()[0] else "val_mse")
+    if not metric.startswith("val_"):
+        raise ConfigError(f"sweep metric {metric!r}: one of val_mse, val_mae, val_psnr, "
+                          "val_ssim, val_lpips")
+    mode = "max" if metric in ("val_psnr", "val_ssim") else "min"
+    iterations = base.iterations
+    root = Folder(settings.storage)
+    exp = root.child(settings.name)
+    trial_storage = exp.uri
+    # The driver's own checks (data vs config, storage writable) on the first combination.
+    probe = RunSettings(data=settings.data, storage=trial_storage, name="train-check",
+                        num_workers=settings.num_workers, cpus_per_worker=settings.cpus_per_worker,
+                        use_gpu=settings.use_gpu)
+    validate(dataclasses.replace(base, **combos[0]), probe)
+    if exp.is_local:   # the check left an empty run folder behind
+        try:
+            os.rmdir(exp.path("train-check"))
+        except OSError:
+            pass
+    if log:
+        log(f"sweep {exp.uri}: {len(combos)} combination(s) x {settings.num_samples} lr "
+            f"sample(s), metric {metric} ({mode}), {iterations} iterations per trial")
+        for c, r in rejected:
+            log(f"  skipped {c}: {r}")
+
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    if not ray.is_initialized():
+        ray.init(configure_logging=False)
+    concurrent = settings.max_concurrent_trials or max_concurrent(
+        ray.cluster_resources(), settings.num_workers, settings.cpus_per_worker,
+        settings.use_gpu)
+    # max_t one past the budget: a trial that finishes returns from fit() by itself (its Train
+    # controller removes its placement group) instead of being stopped by ASHA at max_t.
+    scheduler = ASHAScheduler(time_attr="iteration", max_t=iterations + 1,
+                              grace_period=settings.grace_period or settings.eval_every,
+                              reduction_factor=settings.reduction_factor)
+    trainable = tune.with_parameters(_trial, base=base.to_dict(),
+                                     settings=dataclasses.asdict(settings),
+                                     trial_storage=trial_storage)
+    tuner = tune.Tuner(
+        tune.with_resources(trainable, {"cpu": TRIAL_DRIVER_CPU}),
+        param_space=_search_space(combos, space),
+        tune_config=tune.TuneConfig(metric=metric, mode=mode, scheduler=scheduler,
+                                    num_samples=settings.num_samples,
+                                    max_concurrent_trials=concurrent,
+                                    search_alg=_seeded_search(settings.seed, concurrent)),
+        run_config=tune.RunConfig(
+            name=settings.name, storage_path=root.root,
+            storage_filesystem=None if root.is_local else root.fs,
+            failure_config=tune.FailureConfig(max_failures=settings.trial_retries),
+            verbose=1 if log else 0),
+    )
+    grid = tuner.fit()
+    rows = trial_rows(grid, metric, mode, iterations)
+    if not rows:
+        errors = [str(r.error).splitlines()[0] for r in grid if r.error]
+        raise RuntimeError(f"no trial reported {metric}; errors: {errors[:3]}")
+    best = rows[0]
+    best_cfg = LMCConfig.from_dict({**base.to_dict(), **best["combo"], "lr": best["lr"]})
+    with tempfile.TemporaryDirectory() as tmp:
+        csv_path, png_path = os.path.join(tmp, RESULTS_FILE), os.path.join(tmp, PLOT_FILE)
+        write_results_csv(rows, metric, csv_path)
+        plot_sweep(rows, metric, png_path)
+        exp.put_file(csv_path, RESULTS_FILE)
+        exp.put_file(png_path, PLOT_FILE)
+    exp.write_bytes(json.dumps(best_cfg.to_dict(), indent=2, sort_keys=True).encode(), BEST_FILE)
+    if log:
+        log(format_results(rows, metric))
+        log(f"best: {best['trial_id']} {best['combo']} lr {best['lr']:.3g}: {metric} "
+            f"{best['metric']:.6g}\nwrote {exp.uri}/{BEST_FILE} (train with --config), "
+            f"{RESULTS_FILE}, {PLOT_FILE}")
+    return {"trials": rows, "best": best, "metric": metric, "mode": mode,
+            "rejected": rejected, "best_config": f"{exp.uri}/{BEST_FILE}",
+            "results": f"{exp.uri}/{RESULTS_FILE}", "plot": f"{exp.uri}/{PLOT_FILE}",
+            "concurrent": concurrent}
+
+
+def _seeded_search(seed: int, max_concurrent_trials: int):
+    """Tune's default search (grid + random draws), seeded. It takes the concurrency limit
+    itself: Tune does not apply max_concurrent_trials to a search algorithm passed in."""
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    return BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent_trials)
+
+
+def trial_rows(grid, metric: str, mode: str, iterations: int) -> list[dict]:
+    """One row per trial that reported ``metric``, best first (by its last reported value)."""
+    rows = []
+    for r in grid:
+        if not r.metrics or metric not in r.metrics:
+            continue
+        df = r.metrics_dataframe
+        history = df[metric].dropna().tolist() if df is not None and metric in df else []
+        it = int(r.metrics.get("iteration", 0))
+        rows.append({"trial_id": r.metrics.get("trial_id", ""), "combo": dict(r.config["combo"]),
+                     "lr": float(r.config["lr"]), "metric": float(r.metrics[metric]),
+                     "best_seen": (min if mode == "min" else max)(history) if history else None,
+                     "iteration": it, "reports": len(history),
+                     "stopped_early": it < iterations and r.error is None,
+                     "error": str(r.error).splitlines()[0][:200] if r.error else None})
+    rows.sort(key=lambda x: x["metric"] if mode == "min" else -x["metric"])
+    return rows
+
+
+def format_results(rows: list[dict], metric: str) -> str:
+    head = (f"{'trial':<14}{'slots':>6}{'short':>6}{'long':>6}{'lr':>10}{metric:>12}"
+            f"{'iteration':>10}  status")
+    lines = [head]
+    for r in rows:
+        c = r["combo"]
+        status = "error" if r["error"] else ("stopped by ASHA" if r["stopped_early"] else "finished")
+        lines.append(f"{r['trial_id']:<14}{c['memory_slots']:>6}{c['short_len']:>6}"
+                     f"{c['long_len']:>6}{r['lr']:>10.3g}{r['metric']:>12.6g}{r['iteration']:>10}"
+                     f"  {status}")
+    return "\n".join(lines)
+
+
+def write_results_csv(rows: list[dict], metric: str, path) -> None:
+    lines = [f"rank,trial_id,memory_slots,short_len,long_len,lr,{metric},best_seen,iteration,"
+             "stopped_early"]
+    for i, r in enumerate(rows, 1):
+        c = r["combo"]
+        lines.append(f"{i},{r['trial_id']},{c['memory_slots']},{c['short_len']},{c['long_len']},"
+                     f"{r['lr']:.6g},{r['metric']:.6g},{r['best_seen']:.6g},{r['iteration']},"
+                     f"{r['stopped_early']}")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def plot_sweep(rows: list[dict], metric: str, path) -> None:
+    """Metric (last reported) vs memory_slots, short_len, long_len and lr; trials stopped by
+    ASHA drawn hollow."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [("memory_slots", "memory slots"), ("short_len", "short_len"),
+            ("long_len", "long_len"), ("lr", "learning rate")]
+    fig, axes = plt.subplots(1, 4, figsize=(12, 2.9), sharey=True)
+    for ax, (key, label) in zip(axes, keys):
+        for stopped, style in ((False, dict(c="C0")), (True, dict(facecolors="none",
+                                                                   edgecolors="C3"))):
+            pts = [(r["lr"] if key == "lr" else r["combo"][key], r["metric"]) for r in rows
+                   if r["stopped_early"] == stopped]
+            if pts:
+                ax.scatter(*zip(*pts), s=28, label="stopped by ASHA" if stopped else "finished",
+                           **style)
+        ax.set_xlabel(label)
+        if key in ("memory_slots", "lr"):
+            ax.set_xscale("log")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(metric)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"{len(rows)} trials: {metric} at their last report", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)

@@ -1,0 +1,102 @@
+"""Ray Tune sweep: the space is filtered before Ray; a tiny real sweep whose ASHA stops a trial."""
+import csv
+import json
+
+import pytest
+
+import lmc
+from lmc.tune import (SweepSettings, SweepSpace, SweepSpaceError, check_space, expand_space,
+                      max_concurrent, sweep)
+
+BASE = dict(img_size=32, short_len=10, long_len=12, out_len=4, width=0.0625, memory_slots=8,
+            convlstm_layers=2, warmup_iterations=0, batch_size=4)
+
+
+def base_cfg(**kw):
+    return lmc.preset("tiny", **{**BASE, **kw})
+
+
+DATA = {"path": "shards", "channels": 1, "img_size": 32, "short_len": 10, "window_len": 16,
+        "train_window_len": 14}
+
+
+def test_space_is_filtered_to_valid_combinations():
+    space = SweepSpace(memory_slots=(25, 50), short_len=(9, 10), long_len=(8, 12, 14, 15),
+                       lr=(1e-4, 1e-3))
+    kept, rejected = expand_space(base_cfg(), space, DATA)
+    # long_len 8 < 9 and 15 > short + out are invalid configs; short_len 9 is not the shards'
+    assert kept == [{"memory_slots": s, "short_len": 10, "long_len": n}
+                    for s in (25, 50) for n in (12, 14)]
+    reasons = {(c["short_len"], c["long_len"]): r for c, r in rejected}
+    assert "long_len" in reasons[(10, 8)] and "9 <= long_len" in reasons[(10, 8)]
+    assert "short_len + out_len = 14" in reasons[(10, 15)]
+    assert "short_len 10" in reasons[(9, 12)]
+    assert len(rejected) == 2 * 8 - 4
+
+
+def test_space_with_only_invalid_combinations_is_a_clear_error():
+    space = SweepSpace(memory_slots=(25, 50, 100, 200), long_len=(20, 30, 40))
+    with pytest.raises(SweepSpaceError, match=r"no valid combination(.|\n)*long_len' = 40"):
+        check_space(base_cfg(), space, DATA)
+    with pytest.raises(SweepSpaceError, match="img_size=64"):
+        check_space(base_cfg(img_size=64), SweepSpace(long_len=(12,)), DATA)
+    with pytest.raises(SweepSpaceError, match="log-uniform"):
+        SweepSpace(lr=(1e-3, 1e-4))
+
+
+def test_concurrency_from_resources():
+    assert max_concurrent({"CPU": 2}, 1, 1.0, False) == 1          # one CPU kept for Ray Data
+    assert max_concurrent({"CPU": 2}, 1, 0.45, False) == 2
+    assert max_concurrent({"CPU": 64, "GPU": 8}, 4, 8, True) == 2
+    assert max_concurrent({"CPU": 1}, 2, 1, False) == 1
+
+
+@pytest.fixture(scope="module")
+def shards(ray_session, tmp_path_factory):
+    """Moving-MNIST 32x32: 16 train windows of 10 + 4, 8 test windows of 10 + 4."""
+    import pipeline
+
+    out = tmp_path_factory.mktemp("tune") / "mm32"
+    pipeline.prepare(pipeline.MovingMNISTSource(train_sequences=16, test_sequences=8, chunk=8),
+                     str(out), pipeline.ShardConfig(img_size=32, short_len=10, out_len=4),
+                     verbose=False)
+    return str(out)
+
+
+def test_invalid_space_fails_before_any_ray_work(shards, tmp_path, monkeypatch):
+    from ray import tune
+
+    monkeypatch.setattr(tune, "Tuner", lambda *a, **k: pytest.fail("started a Tuner"))
+    with pytest.raises(SweepSpaceError, match="no valid combination"):
+        sweep(base_cfg(), SweepSpace(long_len=(20, 40)),
+              SweepSettings(data=shards, storage=str(tmp_path)), log=None)
+    assert not (tmp_path / "sweep").exists()
+
+
+@pytest.mark.slow
+def test_tiny_sweep_asha_stops_the_worse_trial(shards, tmp_path):
+    """Two trials, one at a time: lr 1e-2 trains first, then lr 1e-7 (no learning) reports a
+    worse val_mse at iteration 1 and ASHA (grace 1, reduction 2) stops it there."""
+    space = SweepSpace(memory_slots=(8,), long_len=(12,), lr=(1e-2, 1e-7), lr_log_uniform=False)
+    settings = SweepSettings(data=shards, storage=str(tmp_path), name="sw", eval_every=1,
+                             eval_windows=4, grace_period=1, reduction_factor=2,
+                             max_concurrent_trials=1, cpus_per_worker=1.0)
+    result = sweep(base_cfg(iterations=3), space, settings, log=None)
+    rows = result["trials"]
+    assert len(rows) == 2 and result["metric"] == "val_mse"
+    best, worst = rows
+    assert best["lr"] == pytest.approx(1e-2) and not best["stopped_early"]
+    assert best["iteration"] == 3 and best["reports"] == 3
+    assert worst["lr"] == pytest.approx(1e-7) and worst["stopped_early"]
+    assert worst["iteration"] == 1 and worst["metric"] > best["metric"]
+    # outputs under the same storage: Tune's state, the trials' Train runs, table, config, plot
+    exp = tmp_path / "sw"
+    cfg = lmc.LMCConfig.from_json(str(exp / "best_config.json"))
+    assert cfg == base_cfg(iterations=3, lr=1e-2)
+    table = list(csv.DictReader(open(exp / "results.csv")))
+    assert [float(r["lr"]) for r in table] == pytest.approx([1e-2, 1e-7])
+    assert (exp / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+    runs = sorted(p.name for p in exp.iterdir() if p.name.startswith("train-"))
+    assert len(runs) == 2
+    finished = exp / f"train-{best['trial_id']}"
+    assert json.loads((finished / "metrics.json").read_text())["iterations"] == 3
