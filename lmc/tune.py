@@ -412,6 +412,10 @@ def plot_sweep(rows: list[dict], metric: str, path) -> None:
         ax.set_xlabel(label)
         if key in ("memory_slots", "lr"):
             ax.set_xscale("log")
+        if key != "lr":      # integer settings: tick exactly the values tried
+            values = sorted({r["combo"][key] for r in rows})
+            ax.set_xticks(values, [str(v) for v in values])
+            ax.minorticks_off()
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(metric)
     axes[0].legend(fontsize=7)
