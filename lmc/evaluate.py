@@ -29,7 +29,7 @@ import re
 import statistics
 import time
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 
@@ -124,6 +124,25 @@ def last_n_protocol(short_len: int, out_len: int, n: int = 10) -> Protocol:
     return resolve_protocol(f"{short_len}-{out_len}-last{min(n, out_len)}")
 
 
+def protocol_for(short_len: int, test_out_len: int, name: str | None = None) -> Protocol:
+    """The one protocol a training run scores: ``name`` (checked against the model's short_len
+    and the test windows' ``test_out_len``) or, with ``name=None``, the named protocol that
+    predicts exactly ``test_out_len`` frames from ``short_len``, else "S-K" over all of them."""
+    if name is None:
+        fits = [p for p in PROTOCOLS.values()
+                if p.short_len == short_len and p.out_len == test_out_len and p.frames[0] == 0]
+        return fits[0] if fits else resolve_protocol(f"{short_len}-{test_out_len}")
+    p = resolve_protocol(name)
+    if p.short_len != short_len:
+        raise ValueError(f"protocol {p.name} feeds {p.short_len} frames but the model's short_len "
+                         f"is {short_len}")
+    if p.out_len > test_out_len:
+        raise ValueError(f"protocol {p.name} scores {p.out_len} future frames but the test "
+                         f"windows hold only {test_out_len}; prepare the data with "
+                         f"--test-out-len {p.out_len} (or more)")
+    return p
+
+
 def default_protocols(cfg: LMCConfig, info: dict) -> list[Protocol]:
     """The paper's protocols for the dataset that the data's windows can hold (KTH: 10-20,
     10-40, 10-40-last10; Moving-MNIST: 10-10, 10-30), else the data's own S->K."""
@@ -165,6 +184,24 @@ def check_compatible(cfg: LMCConfig, info: dict, protocols: Sequence[Protocol]) 
 # ---------------------------------------------------------------------------------------------
 # scoring
 
+def test_windows(data: str, *, short_len: int, out_len: int, batch_size: int = 8,
+                 max_windows: int | None = None) -> Iterator[torch.Tensor]:
+    """Batches (N, short_len + out_len, C, H, W) float in [0, 1] of the test split of ``data``,
+    in order, at most ``max_windows`` windows in all (None: every one)."""
+    import pipeline  # the shards' reader; plain pyarrow, no Ray
+
+    seen = 0
+    for batch in pipeline.iter_test_windows(data, batch_size=batch_size, short_len=short_len,
+                                            out_len=out_len):
+        w = torch.as_tensor(batch["window"])
+        if max_windows is not None:
+            w = w[:max_windows - seen]
+        seen += len(w)
+        yield w
+        if max_windows is not None and seen >= max_windows:
+            return
+
+
 @torch.no_grad()
 def evaluate_model(model: torch.nn.Module, windows: Iterable[torch.Tensor],
                    protocols: Sequence[Protocol], lpips_metric=None,
@@ -186,7 +223,16 @@ def evaluate_model(model: torch.nn.Module, windows: Iterable[torch.Tensor],
     if lpips_metric is not None and not lpips_metric:
         for acc in accs.values():
             acc.mark_unavailable("lpips", lpips_metric.reason)
+    was_training = model.training
     model.eval()
+    try:
+        _score(model, windows, protocols, accs, s, horizon, lpips_metric, device)
+    finally:
+        model.train(was_training)    # the training loop calls this between steps
+    return accs
+
+
+def _score(model, windows, protocols, accs, s, horizon, lpips_metric, device) -> None:
     for window in windows:
         window = torch.as_tensor(window).to(device, torch.float32)     # (N, T, C, H, W)
         short, target = window[:, :s], window[:, s:s + horizon]
@@ -196,7 +242,6 @@ def evaluate_model(model: torch.nn.Module, windows: Iterable[torch.Tensor],
             per_frame["lpips"] = lpips_metric(pred, target)
         for p in protocols:
             accs[p.name].update({k: v[:, :p.out_len] for k, v in per_frame.items()})
-    return accs
 
 
 def _sync(device: torch.device) -> None:
@@ -309,8 +354,6 @@ def evaluate(checkpoint, data, *, protocols: Sequence[str | Protocol] | None = N
     {"checkpoint", "data", "config", "lpips", "protocols": {name: MetricAccumulator.summary()},
      "inference_time": {"S->K": time_inference(...)}}.
     """
-    import pipeline
-
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if max_samples is not None and max_samples < 1:
@@ -334,18 +377,11 @@ def evaluate(checkpoint, data, *, protocols: Sequence[str | Protocol] | None = N
     first: list[torch.Tensor] = []
 
     def batches():
-        seen = 0
-        for batch in pipeline.iter_test_windows(data, batch_size=batch_size,
-                                                short_len=cfg.short_len, out_len=horizon):
-            w = torch.as_tensor(batch["window"])                    # (N, S + K, C, H, W)
-            if max_samples is not None:
-                w = w[:max_samples - seen]
+        for w in test_windows(data, short_len=cfg.short_len, out_len=horizon,
+                              batch_size=batch_size, max_windows=max_samples):
             if not first:
-                first.append(w[:1])
-            seen += len(w)
+                first.append(w[:1])              # the timing input
             yield w
-            if max_samples is not None and seen >= max_samples:
-                return
 
     accs = evaluate_model(model, batches(), protos, lp, dev)
     report = {"checkpoint": str(checkpoint), "data": str(data), "config": cfg.to_dict(),

@@ -165,6 +165,24 @@ def gif_frames(inputs: np.ndarray, truth: np.ndarray | None, pred: np.ndarray, *
     return out
 
 
+def save_strip(inputs: np.ndarray, truth: np.ndarray | None, pred: np.ndarray, output, *,
+               name: str = "strip", first_frame: int = 1) -> tuple[Path, Path]:
+    """``<name>.png`` (rows: input, ground truth, prediction) and ``<name>.gif`` (the three side
+    by side over time) in ``output`` from (T, H, W, C) uint8 frames; ``truth`` may be None.
+    ``first_frame``: the 1-based number of the first input frame, for the labels."""
+    s, k, n = first_frame, first_frame + len(inputs) - 1, len(pred)
+    future = f"frames {k + 1}-{k + n}"
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    png, gif_path = out / f"{name}.png", out / f"{name}.gif"
+    strip_image([(f"input\nframes {s}-{k}", inputs), (f"ground truth\n{future}", truth),
+                 (f"prediction\n{future}", pred)]).save(png)
+    gif = gif_frames(inputs, truth, pred, first_frame=first_frame)
+    gif[0].save(gif_path, save_all=True, append_images=gif[1:], duration=GIF_MS_PER_FRAME,
+                loop=0)
+    return png, gif_path
+
+
 # ---------------------------------------------------------------------------------------------
 # the command
 
@@ -207,18 +225,11 @@ def predict(checkpoint, input, output, *, out_len: int | None = None, start: int
         p = out / "pred" / f"frame_{i + 1:03d}.png"
         _image(f, 1).convert("L" if f.shape[-1] == 1 else "RGB").save(p)
         files.append(p)
-    s, k = start + 1, start + cfg.short_len      # 1-based frame numbers in the input
-    future = f"frames {k + 1}-{k + out_len}"
-    strip = strip_image([(f"input\nframes {s}-{k}", inputs),
-                         (f"ground truth\n{future}", truth), (f"prediction\n{future}", pred_u8)])
-    strip.save(out / "strip.png")
-    gif = gif_frames(inputs, truth, pred_u8, first_frame=start + 1)
-    gif[0].save(out / "strip.gif", save_all=True, append_images=gif[1:],
-                duration=GIF_MS_PER_FRAME, loop=0)
+    strip_png, strip_gif = save_strip(inputs, truth, pred_u8, out, first_frame=start + 1)
     if log:
         gt = "none" if truth is None else f"{len(truth)} frames"
         log(f"{input}: {total} frames; input frames {start + 1}-{need}, predicted {out_len} "
             f"(ground truth: {gt}) -> {out}/pred/*.png, strip.png, strip.gif")
     return {"prediction": pred_u8, "input": inputs, "ground_truth": truth,
             "frames_in_input": total,
-            "files": {"pred": files, "strip": out / "strip.png", "gif": out / "strip.gif"}}
+            "files": {"pred": files, "strip": strip_png, "gif": strip_gif}}

@@ -35,13 +35,13 @@ from .alignment import MemoryAlignment, NonFiniteLossError
 from .checkpoint import (CONFIG_FILE, MODEL_FILE, load_model, load_train_state, rng_state,
                          save_checkpoint, set_rng_state)
 from .config import ConfigError, LMCConfig
-from .evaluation import eval_protocol, evaluate, plot_metric_curves, save_prediction_strip
+from .evaluate import evaluate_model, protocol_for, test_windows, write_curves
 from .metrics import Protocol
 from .model import LMCModel
 from .reference import CheckpointError, load_matching
 
 METRICS_FILE, ERROR_FILE = "metrics.json", "error.json"
-CURVES_FILE, STRIP_FILE = "metrics_per_timestep.png", "prediction.png"
+STRIP_NAME = "prediction"       # prediction.png / prediction.gif: input | truth | prediction
 CHECKPOINT_PREFIX = "checkpoint_"
 
 
@@ -227,7 +227,7 @@ def _check_data(cfg: LMCConfig, s: RunSettings) -> tuple[dict, Protocol]:
                         + "; ".join(problems) + ". Prepare shards with the model's lengths and "
                         "image size, or change the config to match the shards.")
     try:
-        protocol = eval_protocol(cfg.short_len, test_out, s.protocol)
+        protocol = protocol_for(cfg.short_len, test_out, s.protocol)
     except ValueError as e:
         raise DataError(f"--data {s.data}: {e}") from None
     return manifest, protocol
@@ -298,8 +298,12 @@ def validate(cfg: LMCConfig, s: RunSettings) -> Plan:
 # The driver
 
 
-def train(cfg: LMCConfig, settings: RunSettings, *, verbose: bool = True) -> dict:
+def train(cfg: LMCConfig, settings: RunSettings, *, callbacks: list | None = None,
+          verbose: bool = True) -> dict:
     """Validate, then run Algorithm 1 on a Ray Train `TorchTrainer`; returns metrics.json.
+
+    ``callbacks``: Ray Train callbacks for the `RunConfig` (Ray Tune passes its
+    `TuneReportCallback` so each trial is one such run).
 
     Connects to the cluster in RAY_ADDRESS (as under `ray job submit`) or starts a local one.
     Raises `ConfigError`, `DataError`, `StorageError` or `CheckpointError` before any Ray work,
@@ -329,6 +333,7 @@ def train(cfg: LMCConfig, settings: RunSettings, *, verbose: bool = True) -> dic
         storage_filesystem=None if storage.is_local else storage.fs,
         failure_config=FailureConfig(max_failures=settings.max_failures),
         checkpoint_config=CheckpointConfig(num_to_keep=settings.num_to_keep),
+        callbacks=callbacks,
     )
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -557,8 +562,7 @@ def train_loop_per_worker(config: dict) -> None:
                 if done % eval_every == 0 and rank == 0:
                     if lpips is None:
                         lpips = _load_lpips(device)
-                    val, _ = evaluate(core, s.data, protocol, batch_size=s.eval_batch_size,
-                                      max_windows=s.eval_windows, lpips=lpips, keep_sample=False)
+                    val = _evaluate(core, s, protocol, s.eval_windows, lpips)
                     val_means = {f"val_{k}": v for k, v in val["mean"].items()}
                     val_history.append({"iteration": done, **val_means})
                     last_metrics.update(val_means)
@@ -585,25 +589,45 @@ def train_loop_per_worker(config: dict) -> None:
     if rank == 0:
         if lpips is None:
             lpips = _load_lpips(device)
-        summary, sample = evaluate(core, s.data, protocol, batch_size=s.eval_batch_size,
-                                   max_windows=s.test_windows, lpips=lpips)
+        summary = _evaluate(core, s, protocol, s.test_windows, lpips)
         metrics = {"run": run.uri, "iterations": align.iteration, "starts": starts,
                    "world_size": world, "config": cfg.to_dict(), "protocol": protocol.name,
                    "test": summary, "loss_history": history, "validation_history": val_history,
                    "last_report": last_metrics}
-        if s.artifacts and sample is not None:
+        if s.artifacts:
             with tempfile.TemporaryDirectory() as tmp:
-                plot_metric_curves(summary, os.path.join(tmp, CURVES_FILE),
-                                   f"{run.uri.rsplit('/', 1)[-1]}: test {protocol.name}, "
-                                   f"{summary['num_samples']} windows")
-                for p in save_prediction_strip(sample["target"], sample["pred"],
-                                               os.path.join(tmp, STRIP_FILE)):
-                    run.put_file(p, os.path.basename(p))
-                run.put_file(os.path.join(tmp, CURVES_FILE), CURVES_FILE)
+                _pictures(core, s, protocol, summary, tmp)
+                for f in sorted(os.listdir(tmp)):
+                    run.put_file(os.path.join(tmp, f), f)
         run.write_bytes(json.dumps(metrics, indent=1).encode(), METRICS_FILE)
         if writer:
             writer.scalars(align.iteration, {f"test/{k}": v for k, v in summary["mean"].items()})
             writer.close()
+
+
+def _evaluate(core, s: RunSettings, protocol: Protocol, max_windows, lpips) -> dict:
+    """Phase-2 metrics of ``core`` on (the first ``max_windows``) test windows."""
+    windows = test_windows(s.data, short_len=protocol.short_len, out_len=protocol.out_len,
+                           batch_size=s.eval_batch_size, max_windows=max_windows)
+    return evaluate_model(core, windows, [protocol], lpips)[protocol.name].summary()
+
+
+@torch.no_grad()
+def _pictures(core, s: RunSettings, protocol: Protocol, summary: dict, folder: str) -> None:
+    """curves_<protocol>.csv/.png and prediction.png/.gif of the first test window."""
+    from .predict import save_strip, to_uint8
+
+    write_curves({"protocols": {protocol.name: summary}}, folder)
+    window = next(test_windows(s.data, short_len=protocol.short_len, out_len=protocol.out_len,
+                               batch_size=1, max_windows=1))
+    device = next(core.parameters()).device
+    was_training = core.training
+    core.eval()
+    pred = core(window[:, :protocol.short_len].to(device), out_len=protocol.out_len)[0]
+    core.train(was_training)
+    clip = window[0]
+    save_strip(to_uint8(clip[:protocol.short_len]), to_uint8(clip[protocol.short_len:]),
+               to_uint8(pred), folder, name=STRIP_NAME)
 
 
 def _maybe_crash(debug: dict, rank: int, iteration: int) -> None:

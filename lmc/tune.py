@@ -33,7 +33,6 @@ holds Tune's experiment state and trial folders, the Train runs ``train-<trial i
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import itertools
 import json
 import math
@@ -179,47 +178,12 @@ def max_concurrent(resources: dict, num_workers: int, cpus_per_worker: float,
 # ---------------------------------------------------------------------------------------------
 # one trial: a Ray Train run
 
-def _run_training(cfg: LMCConfig, run_settings, callbacks: list) -> None:
-    """One Ray Train run of the training driver with ``callbacks`` on its RunConfig."""
-    from . import train as driver
-
-    if "callbacks" in inspect.signature(driver.train).parameters:  # the driver's own hook
-        driver.train(cfg, run_settings, callbacks=callbacks, verbose=False)
-        return
-    # The driver's train() builds the same TorchTrainer; this mirrors it with the callbacks
-    # (until train() takes them itself).
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    plan = driver.validate(cfg, run_settings)
-    storage = driver._location(run_settings.storage)
-    trainer = TorchTrainer(
-        driver.train_loop_per_worker,
-        train_loop_config={"model": cfg.to_dict(), "run": dataclasses.asdict(run_settings),
-                           "run_uri": plan.run_uri, "protocol": dataclasses.asdict(plan.protocol)},
-        scaling_config=ScalingConfig(num_workers=run_settings.num_workers,
-                                     use_gpu=run_settings.use_gpu,
-                                     resources_per_worker={"CPU": run_settings.cpus_per_worker}),
-        run_config=RunConfig(
-            name=run_settings.name, storage_path=storage.root,
-            storage_filesystem=None if storage.is_local else storage.fs,
-            failure_config=FailureConfig(max_failures=run_settings.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=run_settings.num_to_keep),
-            callbacks=callbacks),
-        datasets={"train": driver._train_dataset(run_settings.data, plan.manifest)},
-    )
-    trainer.fit()
-    error = driver._read_json(driver._location(plan.run_uri), driver.ERROR_FILE)
-    if error:
-        raise FloatingPointError(error["message"])
-
-
 def _trial(config: dict, *, base: dict, settings: dict, trial_storage: str) -> None:
     """Tune function trainable: build the trial's config and run it as a Ray Train run."""
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from .train import RunSettings
+    from .train import RunSettings, train
 
     cfg = LMCConfig.from_dict({**base, **config["combo"], "lr": float(config["lr"])})
     s = SweepSettings(**settings)
@@ -233,7 +197,7 @@ def _trial(config: dict, *, base: dict, settings: dict, trial_storage: str) -> N
         checkpoint_every=s.eval_every, eval_every=s.eval_every, eval_windows=s.eval_windows,
         test_windows=s.eval_windows, max_failures=s.max_failures, num_to_keep=1,
         artifacts=False)
-    _run_training(cfg, run_settings, [TuneReportCallback()])
+    train(cfg, run_settings, callbacks=[TuneReportCallback()], verbose=False)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -79,7 +79,9 @@ def test_ddp_replicas_identical_memory_frozen_and_run_outputs(shards, tmp_path):
     assert m["last_report"]["samples_per_s"] > 0
     assert 0 <= m["last_report"]["data_wait_fraction"] <= 1
     assert glob.glob(str(run / "tensorboard" / "events.out.tfevents.*"))
-    for f in ("metrics_per_timestep.png", "prediction.png", "prediction.gif"):
+    curves = (run / f"curves_{m['protocol']}.csv").read_text().splitlines()
+    assert len(curves) == 1 + OUT                        # header + one row per future frame
+    for f in (f"curves_{m['protocol']}.png", "prediction.png", "prediction.gif"):
         assert (run / f).stat().st_size > 0
 
 
