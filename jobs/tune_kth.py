@@ -1,4 +1,4 @@
-"""Ray Tune sweep on KTH: memory slots, short/long clip lengths and learning rate, each trial a
+r"""Ray Tune sweep on KTH: memory slots, short/long clip lengths and learning rate, each trial a
 Ray Train run, ASHA on the validation metric. Only valid length combinations are tried.
 
     python jobs/tune_kth.py --data shards/kth --storage runs --name kth-sweep --iterations 20000

@@ -1,4 +1,4 @@
-"""Ray Tune sweep on Moving-MNIST: memory slots, short/long clip lengths and learning rate, each
+r"""Ray Tune sweep on Moving-MNIST: memory slots, short/long clip lengths and learning rate, each
 trial a Ray Train run, ASHA on the validation metric. Only valid length combinations are tried.
 
     python jobs/tune_mmnist.py --data shards/mmnist --storage runs --name mmnist-sweep --iterations 20000

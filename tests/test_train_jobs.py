@@ -140,3 +140,50 @@ def test_cluster_yaml_names_the_sections_and_real_files():
     for path in referenced:
         assert os.path.isfile(os.path.join(ROOT, path)), path
     assert "s3://" in open(os.path.join(ROOT, "cluster.yaml")).read()
+
+
+def _job_module(name: str):
+    import importlib.util
+
+    sys.path.insert(0, os.path.join(ROOT, "jobs"))        # the jobs' own `import _path`
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "jobs", name + ".py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("dataset, argv", [("kth", ["--input", "kth", "--output", "out"]),
+                                           ("mmnist", ["--output", "out"])])
+def test_prepare_job_defaults_fit_the_train_job_preset(dataset, argv):
+    """`prepare_<dataset>.py` with no length flags makes shards that `train_<dataset>.py --data`
+    (the paper preset) accepts, with test windows for each of the paper's protocols."""
+    import lmc
+    from lmc.train_cli import DATASETS
+    from lmc.metrics import PROTOCOLS
+    from pipeline.cli import config_from_args
+
+    shard = config_from_args(_job_module(f"prepare_{dataset}").build_parser().parse_args(argv))
+    cfg = lmc.preset(DATASETS[dataset])
+    assert (shard.short_len, shard.img_size, shard.channels) == (cfg.short_len, cfg.img_size,
+                                                                 cfg.channels)
+    assert shard.out_len >= cfg.out_len                  # train windows hold short + out frames
+    test_window = shard.short_len + (shard.test_out_len or shard.out_len)
+    paper = [p for p in PROTOCOLS.values() if dataset in p.datasets]
+    assert paper and all(p.short_len + p.out_len <= test_window for p in paper)
+
+
+def test_prepared_mmnist_passes_the_training_checks(ray_session, tmp_path):
+    """The real job, run as a user runs it, then the driver's pre-flight checks on its output."""
+    import lmc
+    from lmc.train import RunSettings, validate
+
+    out = tmp_path / "mmnist"
+    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "jobs", "prepare_mmnist.py"),
+                           "--output", str(out), "--train-sequences", "3",
+                           "--test-sequences", "2"], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    plan = validate(lmc.preset("paper-mmnist"),
+                    RunSettings(data=str(out), storage=str(tmp_path / "runs"), name="r"))
+    assert plan.manifest["rows"] == {"train": 3, "test": 2}
+    assert plan.protocol.name == "10-30"
