@@ -34,9 +34,9 @@ DESIGNS = {
 def _local_checkpoint(run_uri: str, tmp: str) -> str:
     """The run's latest checkpoint folder as a local path (copied from s3:// when needed)."""
     from .checkpoint import CONFIG_FILE, MODEL_FILE
-    from .train import Folder, latest_checkpoint
+    from .train import storage_location, latest_checkpoint
 
-    run = Folder(run_uri)
+    run = storage_location(run_uri)
     name = latest_checkpoint(run)
     if name is None:
         raise RuntimeError(f"{run_uri} has no checkpoint_* folder after training")

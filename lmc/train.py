@@ -113,86 +113,11 @@ class Plan:
     resume_from: str | None          # latest checkpoint folder of an existing run, if any
 
 
-class Folder:
-    """A run or storage folder: a local path or s3://bucket/prefix behind pyarrow.fs. S3 uses
-    the pipeline's environment-configured filesystem (endpoint override, credentials from the
-    environment or instance role only). Picklable, so workers get it in their config."""
-
-    def __init__(self, uri: str, fs=None, root: str | None = None):
-        import pyarrow.fs as pafs
-        uri = str(uri)
-        if fs is None:
-            if uri.startswith("s3://"):
-                from pipeline.storage import s3_filesystem
-                root = uri[len("s3://"):].rstrip("/")
-                if not root:
-                    raise ValueError(f"{uri!r}: an s3:// location needs a bucket")
-                fs, uri = s3_filesystem(), uri.rstrip("/")
-            elif "://" in uri and not uri.startswith("file://"):
-                raise ValueError(f"{uri!r}: only local paths and s3:// are supported")
-            else:
-                uri = root = os.path.abspath(uri.removeprefix("file://"))
-                fs = pafs.LocalFileSystem()
-        self.uri, self.fs, self.root = uri, fs, root
-        self.is_local = isinstance(fs, pafs.LocalFileSystem)
-
-    def child(self, name: str) -> "Folder":
-        return Folder(f"{self.uri}/{name}", self.fs, f"{self.root}/{name}")
-
-    def path(self, *parts: str) -> str:
-        return "/".join([self.root, *[p.strip("/") for p in parts if p]])
-
-    def exists(self, *parts: str) -> bool:
-        import pyarrow.fs as pafs
-        return self.fs.get_file_info(self.path(*parts)).type != pafs.FileType.NotFound
-
-    def makedirs(self) -> None:
-        self.fs.create_dir(self.root, recursive=True)
-
-    def list_files(self) -> list[str]:
-        import pyarrow.fs as pafs
-        sel = pafs.FileSelector(self.root, recursive=True, allow_not_found=True)
-        n = len(self.root.rstrip("/")) + 1
-        return sorted(i.path[n:] for i in self.fs.get_file_info(sel)
-                      if i.type == pafs.FileType.File)
-
-    def read_bytes(self, *parts: str) -> bytes:
-        with self.fs.open_input_stream(self.path(*parts)) as f:
-            return f.read()
-
-    def write_bytes(self, data: bytes, *parts: str) -> None:
-        target = self.path(*parts)
-        if self.is_local:  # atomic: temp file + rename
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".tmp-")
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, target)
-        else:
-            with self.fs.open_output_stream(target) as f:
-                f.write(data)
-
-    def put_file(self, local_path: str, *parts: str) -> None:
-        with open(local_path, "rb") as f:
-            self.write_bytes(f.read(), *parts)
-
-    def fetch(self, *parts: str) -> tuple[str, bool]:
-        """A local path to read: the file itself, or a temp copy (then True)."""
-        if self.is_local:
-            return self.path(*parts), False
-        fd, tmp = tempfile.mkstemp()
-        with os.fdopen(fd, "wb") as f:
-            f.write(self.read_bytes(*parts))
-        return tmp, True
-
-    def delete(self, *parts: str) -> None:
-        import pyarrow.fs as pafs
-        if self.fs.get_file_info(self.path(*parts)).type == pafs.FileType.File:
-            self.fs.delete_file(self.path(*parts))
-
-
-def _location(uri: str) -> Folder:
-    return Folder(uri)
+def storage_location(uri: str):
+    """A local path or s3://bucket/prefix as a `pipeline.storage.Location` (S3 configured from
+    the environment only; picklable, so workers rebuild it from the URI)."""
+    from pipeline.storage import Location
+    return Location.of(uri)
 
 
 def _check_data(cfg: LMCConfig, s: RunSettings) -> tuple[dict, Protocol]:
@@ -206,7 +131,7 @@ def _check_data(cfg: LMCConfig, s: RunSettings) -> tuple[dict, Protocol]:
         if not rows.get(split):
             raise DataError(f"--data {s.data}: the {split!r} split is empty (0 windows); see "
                             f"{s.data}/errors.jsonl for skipped inputs")
-    loc = _location(s.data)
+    loc = storage_location(s.data)
     missing = [sh["path"] for sh in manifest.get("shards", []) if not loc.exists(sh["path"])]
     if missing:
         raise DataError(f"--data {s.data}: {len(missing)} shard file(s) listed in manifest.json "
@@ -235,7 +160,7 @@ def _check_data(cfg: LMCConfig, s: RunSettings) -> tuple[dict, Protocol]:
 
 def _check_storage(s: RunSettings):
     try:
-        root = _location(s.storage)
+        root = storage_location(s.storage)
         run = root.child(s.name)
         run.makedirs()
         probe = f".probe-{os.getpid()}-{time.time_ns()}"
@@ -314,7 +239,7 @@ def train(cfg: LMCConfig, settings: RunSettings, *, callbacks: list | None = Non
         print(f"run {plan.run_uri}: {'resuming from ' + plan.resume_from if plan.resume_from else 'new run'}"
               f"; data {settings.data} ({plan.manifest['rows']['train']} train / "
               f"{plan.manifest['rows']['test']} test windows); protocol {plan.protocol.name}")
-    run = _location(plan.run_uri)
+    run = storage_location(plan.run_uri)
     run.delete(ERROR_FILE)
 
     import ray
@@ -326,7 +251,7 @@ def train(cfg: LMCConfig, settings: RunSettings, *, callbacks: list | None = Non
         ray.init(configure_logging=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     settings = _leave_cpu_for_data(settings, verbose)
-    storage = _location(settings.storage)
+    storage = storage_location(settings.storage)
     run_config = RunConfig(
         name=settings.name,
         storage_path=storage.root,
@@ -473,7 +398,7 @@ def train_loop_per_worker(config: dict) -> None:
     s = RunSettings(**config["run"])
     protocol = Protocol(**{k: tuple(v) if isinstance(v, list) else v
                            for k, v in config["protocol"].items()})
-    run = _location(config["run_uri"])
+    run = storage_location(config["run_uri"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(s.threads_per_worker or max(1, int(s.cpus_per_worker)))

@@ -218,7 +218,7 @@ def sweep(base: LMCConfig, space: SweepSpace, settings: SweepSettings, *, log=pr
     Raises ``SweepSpaceError`` (no valid combination) and the driver's data/storage errors
     before any trial starts."""
     from .metrics import lpips_status
-    from .train import Folder, RunSettings, validate
+    from .train import RunSettings, storage_location, validate
 
     facts = shard_facts(settings.data)
     combos = check_space(base, space, facts)
@@ -229,7 +229,7 @@ def sweep(base: LMCConfig, space: SweepSpace, settings: SweepSettings, *, log=pr
                           "val_ssim, val_lpips")
     mode = "max" if metric in ("val_psnr", "val_ssim") else "min"
     iterations = base.iterations
-    root = Folder(settings.storage)
+    root = storage_location(settings.storage)
     exp = root.child(settings.name)
     trial_storage = exp.uri
     # The driver's own checks (data vs config, storage writable) on the first combination.

@@ -58,6 +58,13 @@ class Location:
         path = os.path.abspath(uri.removeprefix("file://"))
         return cls(path, pafs.LocalFileSystem(), path)
 
+    def child(self, name: str) -> "Location":
+        """The location `name` below this one (same filesystem)."""
+        return Location(f"{self.uri}/{name}", self.fs, self.path(name))
+
+    def makedirs(self) -> None:
+        self.fs.create_dir(self.root, recursive=True)
+
     @property
     def is_local(self) -> bool:
         return isinstance(self.fs, pafs.LocalFileSystem)
