@@ -263,7 +263,8 @@ def train(cfg: LMCConfig, settings: RunSettings, *, callbacks: list | None = Non
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"model": cfg.to_dict(), "run": dataclasses.asdict(settings),
-                           "run_uri": plan.run_uri, "protocol": dataclasses.asdict(plan.protocol)},
+                           "run_uri": plan.run_uri, "protocol": dataclasses.asdict(plan.protocol),
+                           "s3_env": _s3_env(settings)},
         scaling_config=ScalingConfig(num_workers=settings.num_workers, use_gpu=settings.use_gpu,
                                      resources_per_worker={"CPU": settings.cpus_per_worker}),
         run_config=run_config,
@@ -386,6 +387,13 @@ class _Tracer:
             json.dump(self.records, f)
 
 
+def _s3_env(s: RunSettings) -> dict:
+    """The driver's S3 settings when the run touches s3://: workers (possibly started before
+    the driver set them, or on other nodes) read test windows and write the run folder."""
+    from pipeline.storage import s3_environment
+    return s3_environment() if "s3://" in s.data + s.storage else {}
+
+
 def train_loop_per_worker(config: dict) -> None:
     """One Ray Train worker: Algorithm 1 on its dataset shard under DDP."""
     import ray.train
@@ -393,6 +401,8 @@ def train_loop_per_worker(config: dict) -> None:
     from ray.train import Checkpoint
 
     import pipeline
+
+    os.environ.update(config.get("s3_env", {}))
 
     cfg = LMCConfig.from_dict(config["model"])
     s = RunSettings(**config["run"])

@@ -178,12 +178,15 @@ def max_concurrent(resources: dict, num_workers: int, cpus_per_worker: float,
 # ---------------------------------------------------------------------------------------------
 # one trial: a Ray Train run
 
-def _trial(config: dict, *, base: dict, settings: dict, trial_storage: str) -> None:
+def _trial(config: dict, *, base: dict, settings: dict, trial_storage: str,
+           s3_env: dict) -> None:
     """Tune function trainable: build the trial's config and run it as a Ray Train run."""
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from .train import RunSettings, train
+
+    os.environ.update(s3_env)    # the sweep driver's S3 settings (object store, not logged)
 
     cfg = LMCConfig.from_dict({**base, **config["combo"], "lr": float(config["lr"])})
     s = SweepSettings(**settings)
@@ -218,6 +221,8 @@ def sweep(base: LMCConfig, space: SweepSpace, settings: SweepSettings, *, log=pr
     Raises ``SweepSpaceError`` (no valid combination) and the driver's data/storage errors
     before any trial starts."""
     from .metrics import lpips_status
+    from pipeline.storage import s3_environment
+
     from .train import RunSettings, storage_location, validate
 
     facts = shard_facts(settings.data)
@@ -264,7 +269,7 @@ def sweep(base: LMCConfig, space: SweepSpace, settings: SweepSettings, *, log=pr
                               reduction_factor=settings.reduction_factor)
     trainable = tune.with_parameters(_trial, base=base.to_dict(),
                                      settings=dataclasses.asdict(settings),
-                                     trial_storage=trial_storage)
+                                     trial_storage=trial_storage, s3_env=s3_environment())
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"cpu": TRIAL_DRIVER_CPU}),
         param_space=_search_space(combos, space),

@@ -18,6 +18,15 @@ from urllib.parse import urlparse
 import pyarrow.fs as pafs
 
 _ENDPOINT_VARS = ("LMC_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+_CREDENTIAL_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+S3_ENV_VARS = (*_ENDPOINT_VARS, "AWS_REGION", "AWS_DEFAULT_REGION", *_CREDENTIAL_VARS)
+
+
+def s3_environment() -> dict[str, str]:
+    """The S3 settings of this process's environment (endpoint, region, keys), for handing to
+    Ray workers that build their own filesystems. Pass it as a task or actor argument (the
+    object store), never in a runtime_env: Ray logs runtime_envs in clear text."""
+    return {k: os.environ[k] for k in S3_ENV_VARS if os.environ.get(k)}
 
 
 def s3_filesystem() -> pafs.S3FileSystem:

@@ -2,9 +2,6 @@
 bucket -> Ray Data -> shards in the bucket -> loaders. Credentials are fake and env-only."""
 import json
 import os
-import socket
-
-import pytest
 
 from pipeline import (KTHSource, ShardConfig, iter_test_windows, load_split, prepare,
                       read_manifest, verify, write_kth_like)
@@ -12,32 +9,6 @@ from pipeline_fixtures import expected_starts, kth_segments
 
 FRAMES = 30
 CFG = ShardConfig(short_len=3, out_len=3, img_size=32, train_stride=4)
-
-
-@pytest.fixture(scope="module")
-def s3_server():
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
-
-
-@pytest.fixture
-def s3_env(s3_server, monkeypatch):
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing-key-id")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing-secret-do-not-log")
-    monkeypatch.setenv("AWS_REGION", "us-east-1")
-    monkeypatch.setenv("LMC_S3_ENDPOINT", s3_server)
-    import boto3
-
-    client = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
-    client.create_bucket(Bucket="lmc")
-    return client
 
 
 def test_s3_round_trip(ray_session, s3_env, tmp_path, capsys):
