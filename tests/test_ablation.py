@@ -3,6 +3,7 @@ import pytest
 
 import lmc
 from lmc.ablation import DESIGNS, format_table, run_ablation
+from test_train import shards  # noqa: F401  (module fixture)
 
 
 def test_unknown_design_and_mismatched_data_fail_before_training(tmp_path, monkeypatch):
@@ -26,3 +27,27 @@ def test_table_has_one_row_per_design():
     for i, d in enumerate(DESIGNS):
         line = next(x for x in text.splitlines() if x.startswith(DESIGNS[d]))
         assert f"{25.0 + i:.2f}" in line and "300.0" in line       # LPIPS x 1e-3
+
+
+@pytest.mark.slow  # three single-worker runs: ~60 s on 2 cores
+def test_three_designs_train_the_same_budget_and_score_the_last_frames(shards, tmp_path):
+    import dataclasses
+    import json
+
+    from pipeline import read_manifest
+    from test_train import CFG, OUT, SHORT
+
+    rows = run_ablation(dataclasses.replace(CFG, iterations=2), data=shards,
+                        storage=str(tmp_path), name="t4", timing_repeats=1, log=None,
+                        run_settings=dict(num_workers=1, checkpoint_every=2, eval_windows=2,
+                                          test_windows=2))
+    assert [r["design"] for r in rows] == ["none", "global", "local"]
+    test_rows = read_manifest(shards)["rows"]["test"]
+    for r in rows:
+        run = json.loads((tmp_path / f"t4-{r['design']}" / "metrics.json").read_text())
+        assert run["config"]["query"] == r["design"] and run["iterations"] == 2
+        assert run["config"] == {**CFG.to_dict(), "iterations": 2, "query": r["design"]}
+        assert r["protocol"] == f"{SHORT}-{OUT}-last{OUT}" and r["num_samples"] == test_rows
+        assert r["inference_protocol"] == f"{SHORT}->{OUT}" and r["inference_s"] > 0
+    none, global_, local = (r["parameters"] for r in rows)
+    assert none < global_ == local               # the memory and both motion encoders
