@@ -305,7 +305,7 @@ def write_curves(report: dict, output_dir) -> list[Path]:
             ax.set_xlabel("future frame t")
             ax.grid(alpha=0.3)
         unavailable = rep.get("unavailable", {})
-        note = f"  (LPIPS unavailable)" if "lpips" in unavailable else ""
+        note = "  (LPIPS unavailable)" if "lpips" in unavailable else ""
         fig.suptitle(f"{name}: {rep['num_samples']} test sequences{note}", fontsize=10)
         fig.tight_layout()
         png = out / f"curves_{name}.png"

@@ -5,7 +5,7 @@
                    SweepSettings(data="shards/kth", storage="runs", name="kth-sweep"))
 
 Every trial is one Ray Train run of the training driver (``lmc.train``): the Tune trial is only
-the *driver* of a ``TorchTrainer`` whose workers run ``lmc.train.train_loop_per_worker`` (Ray
+the *driver* of a ``TorchTrainer`` whose workers run ``lmc.train_worker.train_loop_per_worker`` (Ray
 Train V2's way of composing Train and Tune: a function trainable that calls ``trainer.fit()``
 with ``TuneReportCallback`` forwarding the workers' reports). The validation metrics that the
 workers report every ``eval_every`` iterations (``val_mse``, ``val_lpips`` when LPIPS weights are
@@ -35,10 +35,9 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-import math
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 from .config import ConfigError, LMCConfig

@@ -1,7 +1,6 @@
 """Table 4 runner: designs and data checked before any training; the table's layout."""
 import pytest
 
-import lmc
 from lmc.ablation import DESIGNS, format_table, run_ablation
 from test_train import shards  # noqa: F401  (module fixture)
 
