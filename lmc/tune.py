@@ -274,7 +274,6 @@ def sweep(base: LMCConfig, space: SweepSpace, settings: SweepSettings, *, log=pr
         param_space=_search_space(combos, space),
         tune_config=tune.TuneConfig(metric=metric, mode=mode, scheduler=scheduler,
                                     num_samples=settings.num_samples,
-                                    max_concurrent_trials=concurrent,
                                     search_alg=_seeded_search(settings.seed, concurrent)),
         run_config=tune.RunConfig(
             name=settings.name, storage_path=root.root,

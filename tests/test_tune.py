@@ -51,6 +51,26 @@ def test_concurrency_from_resources():
     assert max_concurrent({"CPU": 1}, 2, 1, False) == 1
 
 
+@pytest.fixture(scope="module", autouse=True)
+def free_stopped_trials():
+    """Ray Train V2 frees an ASHA-stopped trial's worker placement group through the dashboard's
+    state API, which this test session runs without (see lmc.tune). Remove what this module
+    leaves behind so that later tests, in any order, get the cluster's CPUs back."""
+    yield
+    import ray
+    from ray._raylet import PlacementGroupID
+    from ray.util.placement_group import PlacementGroup
+
+    if not ray.is_initialized():
+        return
+    for pg_id, info in ray.util.placement_group_table().items():
+        if info["state"] == "CREATED" and pg_id not in _PGS_BEFORE:
+            ray.util.remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(pg_id))))
+
+
+_PGS_BEFORE: set = set()
+
+
 @pytest.fixture(scope="module")
 def shards(ray_session, tmp_path_factory):
     """Moving-MNIST 32x32: 16 train windows of 10 + 4, 8 test windows of 10 + 4."""
@@ -77,6 +97,8 @@ def test_invalid_space_fails_before_any_ray_work(shards, tmp_path, monkeypatch):
 def test_tiny_sweep_asha_stops_the_worse_trial(shards, tmp_path):
     """Two trials, one at a time: lr 1e-2 trains first, then lr 1e-7 (no learning) reports a
     worse val_mse at iteration 1 and ASHA (grace 1, reduction 2) stops it there."""
+    import ray
+    _PGS_BEFORE.update(ray.util.placement_group_table())
     space = SweepSpace(memory_slots=(8,), long_len=(12,), lr=(1e-2, 1e-7), lr_log_uniform=False)
     settings = SweepSettings(data=shards, storage=str(tmp_path), name="sw", eval_every=1,
                              eval_windows=4, grace_period=1, reduction_factor=2,
