@@ -20,7 +20,6 @@ import os
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pipeline.config import ShardConfig
 from pipeline.storage import Location

@@ -1,7 +1,4 @@
 """Pipeline parts that need no Ray: config, windows, names, luma, decoding, Moving-MNIST."""
-import json
-import os
-import signal
 import sys
 
 import numpy as np
