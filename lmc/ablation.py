@@ -21,6 +21,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from .baselines import BASELINES
 from .config import LMCConfig
 from .evaluate import data_info, evaluate, last_n_protocol
 
@@ -88,6 +89,8 @@ def run_ablation(cfg: LMCConfig, *, data: str, storage: str, name: str = "ablati
         rows.append({"design": d, "query": d, "label": DESIGNS[d], "run": metrics["run"],
                      "protocol": protocol.name, "num_samples": p["num_samples"],
                      "mean": p["mean"], "lpips": rep["lpips"],
+                     "baselines": {b: v["mean"] for b, v in rep["baselines"][protocol.name].items()},
+                     "verdict": rep["verdict"][protocol.name],
                      "inference_s": timing["median_s"] if timing else None,
                      "inference_protocol": timing["protocol"] if timing else None,
                      "parameters": LMCModel(configs[d]).num_parameters()})
@@ -103,12 +106,19 @@ def format_table(rows: list[dict]) -> str:
     lines = [f"Table 4 ({r0['protocol']}, {r0['num_samples']} test sequences; inference "
              f"{r0['inference_protocol']}, batch 1)",
              f"{'design':<50}{'PSNR':>8}{'SSIM':>8}{'LPIPS':>8}{'MSE':>10}{'time (s)':>10}"]
-    for r in rows:
-        m = r["mean"]
+
+    def line(label, m, seconds):
         lp = f"{m['lpips'] * 1e3:.1f}" if "lpips" in m else "n/a"
-        t = f"{r['inference_s']:.4f}" if r["inference_s"] is not None else "n/a"
-        lines.append(f"{r['label']:<50}{m['psnr']:>8.2f}{m['ssim']:>8.3f}{lp:>8}"
-                     f"{m['mse']:>10.1f}{t:>10}")
+        t = f"{seconds:.4f}" if seconds is not None else "n/a"
+        return f"{label:<50}{m['psnr']:>8.2f}{m['ssim']:>8.3f}{lp:>8}{m['mse']:>10.1f}{t:>10}"
+
+    for r in rows:
+        lines.append(line(r["label"], r["mean"], r["inference_s"]))
+    for b, m in r0.get("baselines", {}).items():   # same windows and protocol for every design
+        lines.append(line(f"baseline: {BASELINES[b]}", m, None))
+    for r in rows:
+        if r.get("verdict"):
+            lines.append(f"{r['design']}: {r['verdict']}")
     if any("lpips" not in r["mean"] for r in rows):
         lines.append(f"LPIPS {rows[0]['lpips']}")
     return "\n".join(lines)

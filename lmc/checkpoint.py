@@ -112,3 +112,18 @@ def _load(path: Path, map_location):
     except Exception as e:
         raise CheckpointError(f"{path} is corrupt or not a checkpoint "
                               f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+
+
+def export_weights(source, destination, dtype: torch.dtype = torch.float16) -> Path:
+    """A compact inference checkpoint: ``source``'s weights cast to ``dtype`` (half the bytes
+    of float32) and its config, without the training state. ``load_model`` (and so
+    ``jobs/evaluate.py --checkpoint``) reads it back into a float32 model; evaluate the export
+    itself when its numbers are published, since the rounding moves them slightly."""
+    source, destination = Path(source), Path(destination)
+    cfg = load_config(source)
+    state = _load(source / MODEL_FILE, "cpu")
+    destination.mkdir(parents=True, exist_ok=True)
+    _atomic_save({k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()},
+                 destination / MODEL_FILE)
+    _atomic_save(cfg.to_dict(), destination / CONFIG_FILE)
+    return destination

@@ -136,6 +136,17 @@ PRESETS: dict[str, LMCConfig] = {
                       memory_slots=32, width=0.125, convlstm_layers=2,
                       output_activation="sigmoid", batch_size=8, iterations=300,
                       warmup_iterations=0, lr=1e-3),
+    # Between tiny and the paper (about 2M parameters): the small-scale reproductions in
+    # results/, an hour or two of a 2-core CPU each. Same model and loss as the paper; a
+    # quarter of its widths, 2 ConvLSTM layers, fewer slots, a larger learning rate.
+    "small-mmnist": LMCConfig(channels=1, img_size=32, short_len=10, long_len=20, out_len=10,
+                              memory_slots=50, width=0.25, convlstm_layers=2,
+                              output_activation="linear", batch_size=16, iterations=6000,
+                              warmup_iterations=0, lr=1e-3),
+    "small-kth": LMCConfig(channels=1, img_size=64, short_len=10, long_len=20, out_len=10,
+                           memory_slots=50, width=0.25, convlstm_layers=2,
+                           output_activation="sigmoid", batch_size=8, iterations=4000,
+                           warmup_iterations=0, lr=1e-3),
 }
 
 

@@ -16,7 +16,11 @@ What it does, in order (DESIGN §6):
      on this machine, else "unavailable: <reason>");
   3. times inference the way the paper's Table 4 does: one sequence (batch 1), after warm-up
      runs, for each horizon (10->30, 10->40, ...), median and mean seconds per sequence;
-  4. writes ``summary.json``, and per protocol ``curves_<protocol>.csv`` and ``.png``.
+  4. scores the baselines (copy-last-frame, all-zero frame; ``lmc.baselines``) on the same
+     windows with the same metric code, and says in one line per protocol whether the model
+     beats each;
+  5. writes ``summary.json``, and per protocol ``curves_<protocol>.csv`` and ``.png`` (the
+     baselines drawn on the model's axes).
 
 Reading is plain pyarrow through ``pipeline.iter_test_windows`` (deterministic order, no Ray);
 nothing here imports Ray, so it runs in a notebook, in a job, or on a GPU box alike.
@@ -33,6 +37,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 
+from .baselines import BASELINES, baseline_prediction, verdict
 from .checkpoint import load_config, load_model
 from .config import LMCConfig, preset as make_preset
 from .metrics import (PROTOCOLS, MetricAccumulator, Protocol, frame_metrics, get_protocol,
@@ -203,13 +208,15 @@ def test_windows(data: str, *, short_len: int, out_len: int, batch_size: int = 8
 
 
 @torch.no_grad()
-def evaluate_model(model: torch.nn.Module, windows: Iterable[torch.Tensor],
-                   protocols: Sequence[Protocol], lpips_metric=None,
-                   device=None) -> dict[str, MetricAccumulator]:
-    """Score ``model`` (phase 2: short clip in) on batches of windows (N, T, C, H, W) in [0, 1].
+def score_windows(model: torch.nn.Module, windows: Iterable[torch.Tensor],
+                  protocols: Sequence[Protocol], lpips_metric=None, device=None,
+                  baselines: Sequence[str] = tuple(BASELINES)) -> dict[str, dict[str, MetricAccumulator]]:
+    """Score ``model`` (phase 2: short clip in) and each baseline on the same batches of
+    windows (N, T, C, H, W) in [0, 1], with the same metric code.
 
-    One prediction per window with the longest horizon among ``protocols`` (all must share one
-    short_len); each protocol's accumulator gets the metrics of its first ``out_len`` frames.
+    Returns {"model": {protocol name: accumulator}, "<baseline>": {...}, ...}. One prediction per
+    window with the longest horizon among ``protocols`` (all must share one short_len); each
+    protocol's accumulator gets the metrics of its first ``out_len`` frames.
     ``lpips_metric``: an ``LPIPSMetric``, or a falsy ``LPIPSUnavailable`` (recorded as
     unavailable with its reason), or None (not computed).
     """
@@ -219,29 +226,47 @@ def evaluate_model(model: torch.nn.Module, windows: Iterable[torch.Tensor],
     s = short_lens.pop()
     horizon = max(p.out_len for p in protocols)
     device = next(model.parameters()).device if device is None else torch.device(device)
-    accs = {p.name: MetricAccumulator(p) for p in protocols}
+    scores = {who: {p.name: MetricAccumulator(p) for p in protocols}
+              for who in ("model", *baselines)}
     if lpips_metric is not None and not lpips_metric:
-        for acc in accs.values():
-            acc.mark_unavailable("lpips", lpips_metric.reason)
+        for accs in scores.values():
+            for acc in accs.values():
+                acc.mark_unavailable("lpips", lpips_metric.reason)
     was_training = model.training
     model.eval()
     try:
-        _score(model, windows, protocols, accs, s, horizon, lpips_metric, device)
+        for window in windows:
+            window = torch.as_tensor(window).to(device, torch.float32)    # (N, T, C, H, W)
+            short, target = window[:, :s], window[:, s:s + horizon]
+            for who, accs in scores.items():
+                pred = (model(short, out_len=horizon) if who == "model"
+                        else baseline_prediction(who, short, horizon))    # (N, horizon, C, H, W)
+                per_frame = frame_metrics(pred, target)                   # (N, horizon) each
+                if lpips_metric:
+                    per_frame["lpips"] = lpips_metric(pred, target)
+                for p in protocols:
+                    accs[p.name].update({k: v[:, :p.out_len] for k, v in per_frame.items()})
     finally:
         model.train(was_training)    # the training loop calls this between steps
-    return accs
+    return scores
 
 
-def _score(model, windows, protocols, accs, s, horizon, lpips_metric, device) -> None:
-    for window in windows:
-        window = torch.as_tensor(window).to(device, torch.float32)     # (N, T, C, H, W)
-        short, target = window[:, :s], window[:, s:s + horizon]
-        pred = model(short, out_len=horizon)                            # (N, horizon, C, H, W)
-        per_frame = frame_metrics(pred, target)                         # (N, horizon) each
-        if lpips_metric:
-            per_frame["lpips"] = lpips_metric(pred, target)
-        for p in protocols:
-            accs[p.name].update({k: v[:, :p.out_len] for k, v in per_frame.items()})
+def evaluate_model(model: torch.nn.Module, windows: Iterable[torch.Tensor],
+                   protocols: Sequence[Protocol], lpips_metric=None,
+                   device=None) -> dict[str, MetricAccumulator]:
+    """The model's accumulators only (``score_windows`` without baselines)."""
+    return score_windows(model, windows, protocols, lpips_metric, device, baselines=())["model"]
+
+
+def summarize_scores(scores: dict[str, dict[str, MetricAccumulator]]) -> dict:
+    """{"protocols": {name: model summary}, "baselines": {name: {baseline: summary}},
+    "verdict": {name: one line saying whether the model beats each baseline}}."""
+    model = {name: acc.summary() for name, acc in scores["model"].items()}
+    base = {name: {who: accs[name].summary() for who, accs in scores.items() if who != "model"}
+            for name in model}
+    return {"protocols": model, "baselines": base,
+            "verdict": {name: verdict(model[name]["mean"], {b: v["mean"] for b, v in base[name].items()})
+                        for name in model if base[name]}}
 
 
 def _sync(device: torch.device) -> None:
@@ -282,8 +307,9 @@ def _fmt(v) -> str:
 
 
 def write_curves(report: dict, output_dir) -> list[Path]:
-    """Per protocol: ``curves_<name>.csv`` (timestep + one column per metric) and a PNG with
-    one panel per metric (matplotlib Agg). Returns the written paths."""
+    """Per protocol: ``curves_<name>.csv`` (timestep, one column per metric, then one per
+    baseline and metric, e.g. ``copy_last_mse``) and a PNG with one panel per metric where the
+    baselines are drawn dashed on the model's axes (matplotlib Agg). Returns the written paths."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -293,17 +319,28 @@ def write_curves(report: dict, output_dir) -> list[Path]:
     written = []
     for name, rep in report["protocols"].items():
         names = [m for m in METRICS if m in rep["per_timestep"]]
+        base = report.get("baselines", {}).get(name, {})
+        columns = [(m, rep["per_timestep"][m]) for m in names]
+        columns += [(f"{b}_{m}", base[b]["per_timestep"][m]) for b in base for m in names
+                    if m in base[b]["per_timestep"]]
         csv = out / f"curves_{name}.csv"
-        lines = [",".join(["timestep", *names])]
+        lines = [",".join(["timestep", *(c for c, _ in columns)])]
         for i, t in enumerate(rep["timesteps"]):
-            lines.append(",".join([str(t), *(_fmt(rep["per_timestep"][m][i]) for m in names)]))
+            lines.append(",".join([str(t), *(_fmt(v[i]) for _, v in columns)]))
         csv.write_text("\n".join(lines) + "\n")
-        fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 2.8), squeeze=False)
+        fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.0), squeeze=False)
         for ax, m in zip(axes[0], names):
-            ax.plot(rep["timesteps"], rep["per_timestep"][m], marker="o", markersize=3)
+            ax.plot(rep["timesteps"], rep["per_timestep"][m], marker="o", markersize=3,
+                    label="model")
+            for b, style in zip(base, ("--", ":", "-.")):
+                if m in base[b]["per_timestep"]:
+                    ax.plot(rep["timesteps"], base[b]["per_timestep"][m], style, color="grey",
+                            label=BASELINES.get(b, b))
             ax.set_title(m.upper())
             ax.set_xlabel("future frame t")
             ax.grid(alpha=0.3)
+        if base:
+            axes[0][0].legend(fontsize=7)
         unavailable = rep.get("unavailable", {})
         note = "  (LPIPS unavailable)" if "lpips" in unavailable else ""
         fig.suptitle(f"{name}: {rep['num_samples']} test sequences{note}", fontsize=10)
@@ -315,16 +352,75 @@ def write_curves(report: dict, output_dir) -> list[Path]:
     return written
 
 
+def write_learning_curves(metrics: dict, output_dir) -> list[Path]:
+    """A run's learning curves from its metrics.json: ``learning_curves.csv`` (one row per
+    validation: iteration, the model's and each baseline's validation metrics) and
+    ``learning_curves.png`` (training losses; validation MSE and PSNR with the baselines as
+    dashed lines on the same axes). Returns the written paths ([] without validations)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    val = metrics.get("validation_history") or []
+    if not val:
+        return []
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    keys = sorted({k for row in val for k in row if k != "iteration"})
+    csv = out / "learning_curves.csv"
+    lines = [",".join(["iteration", *keys])]
+    for row in val:
+        lines.append(",".join([str(row["iteration"]),
+                               *("" if row.get(k) is None else _fmt(row[k]) for k in keys)]))
+    csv.write_text("\n".join(lines) + "\n")
+
+    loss = metrics.get("loss_history") or []
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
+    if loss:
+        for phase in ("loss_phase1", "loss_phase2"):
+            axes[0].plot([r["iteration"] for r in loss], [r[phase] for r in loss],
+                         label=phase.replace("loss_", ""), lw=1)
+        axes[0].set_yscale("log")
+        axes[0].legend(fontsize=7)
+    axes[0].set_title("training loss (MSE + L1)")
+    its = [r["iteration"] for r in val]
+    for ax, m in zip(axes[1:], ("mse", "psnr")):
+        ax.plot(its, [r.get(f"val_{m}") for r in val], marker="o", markersize=3, label="model")
+        for b, style in zip(BASELINES, ("--", ":")):
+            ys = [r.get(f"val_{b}_{m}") for r in val]
+            if any(y is not None for y in ys):
+                ax.plot(its, ys, style, color="grey", label=BASELINES[b])
+        ax.set_title(f"validation {m.upper()} ({metrics.get('protocol', '')})")
+        ax.legend(fontsize=7)
+    for ax in axes:
+        ax.set_xlabel("iteration")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    png = out / "learning_curves.png"
+    fig.savefig(png, dpi=80)
+    plt.close(fig)
+    return [csv, png]
+
+
 def format_report(report: dict) -> str:
-    """A plain-text table: one row per protocol, the paper's metrics, then the timings."""
+    """A plain-text table: one row per protocol (and per baseline under it), the paper's
+    metrics, the verdict line, then the timings."""
     cols = ("mse", "mae", "psnr", "ssim", "lpips")
     lines = [f"{'protocol':<14}{'samples':>8}" + "".join(f"{c.upper():>11}" for c in cols)]
-    for name, rep in report["protocols"].items():
+
+    def row(label, rep):
         cells = []
         for c in cols:
             v = rep["mean"].get(c)
             cells.append(f"{'unavail.' if v is None else _fmt(round(v, 4)):>11}")
-        lines.append(f"{name:<14}{rep['num_samples']:>8}" + "".join(cells))
+        return f"{label:<14}{rep['num_samples']:>8}" + "".join(cells)
+
+    for name, rep in report["protocols"].items():
+        lines.append(row(name, rep))
+        for b, brep in report.get("baselines", {}).get(name, {}).items():
+            lines.append(row(f"  {b}", brep))
+    for name, line in report.get("verdict", {}).items():
+        lines.append(f"{name}: {line}")
     if report.get("lpips", "").startswith("unavailable"):
         lines.append(f"LPIPS {report['lpips']}")
     for t in report.get("inference_time", {}).values():
@@ -352,6 +448,7 @@ def evaluate(checkpoint, data, *, protocols: Sequence[str | Protocol] | None = N
     that its windows hold (``default_protocols``). Returns the report (also written to
     ``output/summary.json`` with the curves when ``output`` is given):
     {"checkpoint", "data", "config", "lpips", "protocols": {name: MetricAccumulator.summary()},
+     "baselines": {name: {"copy_last": summary, "zeros": summary}}, "verdict": {name: line},
      "inference_time": {"S->K": time_inference(...)}}.
     """
     if batch_size < 1:
@@ -383,13 +480,12 @@ def evaluate(checkpoint, data, *, protocols: Sequence[str | Protocol] | None = N
                 first.append(w[:1])              # the timing input
             yield w
 
-    accs = evaluate_model(model, batches(), protos, lp, dev)
+    scored = summarize_scores(score_windows(model, batches(), protos, lp, dev))
     report = {"checkpoint": str(checkpoint), "data": str(data), "config": cfg.to_dict(),
               "device": str(dev),
               "lpips": "available" if lp else
                        (_unavailable(lp.reason) if lp is not None else "not computed"),
-              "protocols": {name: acc.summary() for name, acc in accs.items()},
-              "inference_time": {}}
+              **scored, "inference_time": {}}
     if timing and first:
         short = first[0][:, :cfg.short_len].to(dev)
         for k in sorted({p.out_len for p in protos}):

@@ -18,7 +18,11 @@ Conventions (every function below follows them):
     (Moving-MNIST 10->30 MSE 73.2 is a per-frame sum, not a per-pixel mean).
   - PSNR: 10 log10(1 / per-frame mean squared error), data range 1, then averaged over frames
     (the mean of per-frame PSNRs, not the PSNR of the mean error). An exact frame (mse == 0)
-    gives +inf, like `skimage.metrics.peak_signal_noise_ratio`; it is not capped.
+    gives +inf per frame, like `skimage.metrics.peak_signal_noise_ratio`. Means cap each frame
+    at `PSNR_CAP_DB` = 100 dB (as video-codec tools do): copy-last-frame hits an exact frame
+    whenever the video repeats a frame (MPEG-4 does), and one +inf would make the mean +inf.
+    100 dB is far above any real prediction (one grey level of error on every pixel is 48 dB),
+    so the cap changes nothing else; summaries count the capped frames.
   - SSIM: equal to `skimage.metrics.structural_similarity(p, t, data_range=1)` (with
     `channel_axis=-1` for C > 1) within 1e-5: 7x7 uniform window, K1 = 0.01, K2 = 0.03, sample
     covariance (49/48), mean over the interior that skimage keeps after cropping 3 px from each
@@ -66,6 +70,7 @@ SSIM_WIN = 7
 SSIM_K1 = 0.01
 SSIM_K2 = 0.03
 DATA_RANGE = 1.0
+PSNR_CAP_DB = 100.0   # per-frame cap inside means (an exact frame is +inf dB)
 
 # Frames per chunk in the SSIM / LPIPS loops: bounds the float64 working set
 # (5 maps x chunk x C x H x W x 8 bytes ~ 84 MB for 128x128 grayscale).
@@ -256,6 +261,7 @@ class MetricAccumulator:
         self.sums: dict[str, torch.Tensor] = {}  # metric -> (len(frames),) float64
         self.count = 0  # samples seen
         self.unavailable: dict[str, str] = {}  # metric -> reason (e.g. LPIPS without weights)
+        self.psnr_capped = 0  # scored frames whose PSNR was capped at PSNR_CAP_DB (exact frames)
 
     def update(self, per_frame: Mapping[str, torch.Tensor]) -> None:
         """Add one batch: metric name -> (N, out_len) per-frame values (from `frame_metrics`)."""
@@ -283,7 +289,11 @@ class MetricAccumulator:
             )
         idx = list(p.frames)
         for name, v in per_frame.items():
-            s = v.detach()[:, idx].to(device="cpu", dtype=torch.float64).sum(dim=0)  # (F,)
+            v = v.detach()[:, idx].to(device="cpu", dtype=torch.float64)
+            if name == "psnr":
+                self.psnr_capped += int((v > PSNR_CAP_DB).sum())
+                v = v.clamp(max=PSNR_CAP_DB)
+            s = v.sum(dim=0)  # (F,)
             self.sums[name] = self.sums[name] + s if name in self.sums else s
         self.count += n
 
@@ -300,6 +310,7 @@ class MetricAccumulator:
         for name, s in other.sums.items():
             self.sums[name] = self.sums[name] + s if name in self.sums else s.clone()
         self.count += other.count
+        self.psnr_capped += other.psnr_capped
         self.unavailable.update(other.unavailable)
 
     def summary(self) -> dict:
@@ -321,6 +332,8 @@ class MetricAccumulator:
         }
         if self.unavailable:
             out["unavailable"] = dict(self.unavailable)
+        if self.psnr_capped:
+            out["psnr_capped_frames"] = self.psnr_capped
         return out
 
 

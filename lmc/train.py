@@ -336,6 +336,10 @@ def _print_summary(m: dict) -> None:
     if t:
         means = ", ".join(f"{k} {v:.4g}" for k, v in t["mean"].items())
         print(f"test ({t['protocol']}, {t['num_samples']} windows): {means}")
+        for b, rep in m.get("baselines", {}).items():
+            print(f"  baseline {b}: " + ", ".join(f"{k} {v:.4g}" for k, v in rep["mean"].items()))
+        if m.get("verdict"):
+            print(f"verdict: {m['verdict']}")
     print(f"run folder: {m['run']}")
 
 

@@ -23,7 +23,8 @@ from .alignment import MemoryAlignment, NonFiniteLossError
 from .checkpoint import (load_model, load_train_state, rng_state, save_checkpoint,
                          set_rng_state)
 from .config import LMCConfig
-from .evaluate import evaluate_model, test_windows, write_curves
+from .evaluate import (score_windows, summarize_scores, test_windows, write_curves,
+                       write_learning_curves)
 from .metrics import Protocol
 from .model import LMCModel
 from .train import (CHECKPOINT_PREFIX, ERROR_FILE, METRICS_FILE, STRIP_NAME, RunSettings,
@@ -124,6 +125,8 @@ def train_loop_per_worker(config: dict) -> None:
     batches = pipeline.iter_train_batches(
         ray.train.get_dataset_shard("train"), batch_size=per_worker, short_len=cfg.short_len,
         out_len=cfg.out_len, long_len=cfg.long_len, epochs=None,
+        local_shuffle_buffer_size=pipeline.shuffle_buffer_rows(
+            cfg.window_len * cfg.img_size ** 2 * cfg.channels, per_worker),
         seed=cfg.seed + 7919 * rank + 104_729 * start)   # resumed runs see fresh orders
     t_window, wait_window, steps_window = time.perf_counter(), 0.0, 0
     last_metrics: dict[str, Any] = {}
@@ -173,7 +176,9 @@ def train_loop_per_worker(config: dict) -> None:
                     if lpips is None:
                         lpips = _load_lpips(device)
                     val = _evaluate(core, s, protocol, s.eval_windows, lpips)
-                    val_means = {f"val_{k}": v for k, v in val["mean"].items()}
+                    val_means = {f"val_{k}": v for k, v in val["test"]["mean"].items()}
+                    val_means.update({f"val_{b}_{k}": v for b, rep in val["baselines"].items()
+                                      for k, v in rep["mean"].items()})
                     val_history.append({"iteration": done, **val_means})
                     last_metrics.update(val_means)
                 if writer:
@@ -199,35 +204,46 @@ def train_loop_per_worker(config: dict) -> None:
     if rank == 0:
         if lpips is None:
             lpips = _load_lpips(device)
-        summary = _evaluate(core, s, protocol, s.test_windows, lpips)
+        scored = _evaluate(core, s, protocol, s.test_windows, lpips)
+        summary = scored["test"]
         metrics = {"run": run.uri, "iterations": align.iteration, "starts": starts,
                    "world_size": world, "config": cfg.to_dict(), "protocol": protocol.name,
-                   "test": summary, "loss_history": history, "validation_history": val_history,
+                   **scored, "loss_history": history, "validation_history": val_history,
                    "last_report": last_metrics}
         if s.artifacts:
             with tempfile.TemporaryDirectory() as tmp:
-                _pictures(core, s, protocol, summary, tmp)
+                _pictures(core, s, protocol, metrics, tmp)
                 for f in sorted(os.listdir(tmp)):
                     run.put_file(os.path.join(tmp, f), f)
         run.write_bytes(json.dumps(metrics, indent=1).encode(), METRICS_FILE)
         if writer:
             writer.scalars(align.iteration, {f"test/{k}": v for k, v in summary["mean"].items()})
+            writer.scalars(align.iteration, {f"test/{b}_{k}": v
+                                             for b, rep in scored["baselines"].items()
+                                             for k, v in rep["mean"].items()})
             writer.close()
 
 
 def _evaluate(core, s: RunSettings, protocol: Protocol, max_windows, lpips) -> dict:
-    """Phase-2 metrics of ``core`` on (the first ``max_windows``) test windows."""
+    """Phase-2 metrics of ``core`` and of the baselines on (the first ``max_windows``) test
+    windows: {"test": summary, "baselines": {name: summary}, "verdict": one line}."""
     windows = test_windows(s.data, short_len=protocol.short_len, out_len=protocol.out_len,
                            batch_size=s.eval_batch_size, max_windows=max_windows)
-    return evaluate_model(core, windows, [protocol], lpips)[protocol.name].summary()
+    scored = summarize_scores(score_windows(core, windows, [protocol], lpips))
+    name = protocol.name
+    return {"test": scored["protocols"][name], "baselines": scored["baselines"][name],
+            "verdict": scored["verdict"][name]}
 
 
 @torch.no_grad()
-def _pictures(core, s: RunSettings, protocol: Protocol, summary: dict, folder: str) -> None:
-    """curves_<protocol>.csv/.png and prediction.png/.gif of the first test window."""
+def _pictures(core, s: RunSettings, protocol: Protocol, metrics: dict, folder: str) -> None:
+    """curves_<protocol>.csv/.png (baselines dashed), learning_curves.csv/.png and
+    prediction.png/.gif of the first test window."""
     from .predict import save_strip, to_uint8
 
-    write_curves({"protocols": {protocol.name: summary}}, folder)
+    write_curves({"protocols": {protocol.name: metrics["test"]},
+                  "baselines": {protocol.name: metrics["baselines"]}}, folder)
+    write_learning_curves(metrics, folder)
     window = next(test_windows(s.data, short_len=protocol.short_len, out_len=protocol.out_len,
                                batch_size=1, max_windows=1))
     device = next(core.parameters()).device

@@ -40,6 +40,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import Sequence
 
+from .baselines import BASELINES
 from .config import ConfigError, LMCConfig
 
 RESULTS_FILE, BEST_FILE, PLOT_FILE = "results.csv", "best_config.json", "sweep.png"
@@ -323,8 +324,15 @@ def trial_rows(grid, metric: str, mode: str, iterations: int) -> list[dict]:
         df = r.metrics_dataframe
         history = df[metric].dropna().tolist() if df is not None and metric in df else []
         it = int(r.metrics.get("iteration", 0))
+        # the baselines on the same validation windows (they differ when lengths are swept)
+        base = {b: float(r.metrics[key]) for b in BASELINES
+                if (key := metric.replace("val_", f"val_{b}_", 1)) in r.metrics}
+        better = (lambda a, b: a < b) if mode == "min" else (lambda a, b: a > b)
         rows.append({"trial_id": r.metrics.get("trial_id", ""), "combo": dict(r.config["combo"]),
                      "lr": float(r.config["lr"]), "metric": float(r.metrics[metric]),
+                     "baselines": base,
+                     "beats_baselines": all(better(float(r.metrics[metric]), v)
+                                            for v in base.values()) if base else None,
                      "best_seen": (min if mode == "min" else max)(history) if history else None,
                      "iteration": it, "reports": len(history),
                      "stopped_early": it < iterations and r.error is None,
@@ -334,26 +342,37 @@ def trial_rows(grid, metric: str, mode: str, iterations: int) -> list[dict]:
 
 
 def format_results(rows: list[dict], metric: str) -> str:
+    """The sorted trials with the baselines' value of the same metric on the same validation
+    windows (copy-last-frame, all-zero frame) and whether the trial beats both."""
     head = (f"{'trial':<14}{'slots':>6}{'short':>6}{'long':>6}{'lr':>10}{metric:>12}"
-            f"{'iteration':>10}  status")
+            f"{'copy_last':>11}{'zeros':>11}{'beats':>7}{'iteration':>10}  status")
     lines = [head]
+
+    def cell(v, width):
+        return f"{'n/a':>{width}}" if v is None else f"{v:>{width}.5g}"
+
     for r in rows:
         c = r["combo"]
+        base = r.get("baselines", {})
+        beats = {True: "yes", False: "NO", None: "n/a"}[r.get("beats_baselines")]
         status = "error" if r["error"] else ("stopped by ASHA" if r["stopped_early"] else "finished")
         lines.append(f"{r['trial_id']:<14}{c['memory_slots']:>6}{c['short_len']:>6}"
-                     f"{c['long_len']:>6}{r['lr']:>10.3g}{r['metric']:>12.6g}{r['iteration']:>10}"
-                     f"  {status}")
+                     f"{c['long_len']:>6}{r['lr']:>10.3g}{r['metric']:>12.6g}"
+                     f"{cell(base.get('copy_last'), 11)}{cell(base.get('zeros'), 11)}{beats:>7}"
+                     f"{r['iteration']:>10}  {status}")
     return "\n".join(lines)
 
 
 def write_results_csv(rows: list[dict], metric: str, path) -> None:
-    lines = [f"rank,trial_id,memory_slots,short_len,long_len,lr,{metric},best_seen,iteration,"
-             "stopped_early"]
+    lines = [f"rank,trial_id,memory_slots,short_len,long_len,lr,{metric},best_seen,"
+             f"copy_last_{metric},zeros_{metric},beats_baselines,iteration,stopped_early"]
     for i, r in enumerate(rows, 1):
         c = r["combo"]
+        base = r.get("baselines", {})
+        cells = ["" if base.get(b) is None else f"{base[b]:.6g}" for b in ("copy_last", "zeros")]
         lines.append(f"{i},{r['trial_id']},{c['memory_slots']},{c['short_len']},{c['long_len']},"
-                     f"{r['lr']:.6g},{r['metric']:.6g},{r['best_seen']:.6g},{r['iteration']},"
-                     f"{r['stopped_early']}")
+                     f"{r['lr']:.6g},{r['metric']:.6g},{r['best_seen']:.6g},{','.join(cells)},"
+                     f"{r.get('beats_baselines')},{r['iteration']},{r['stopped_early']}")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
 

@@ -17,7 +17,7 @@ from pipeline.config import ShardConfig
 
 _LAZY = {
     "load_split": "pipeline.loader", "iter_train_batches": "pipeline.loader",
-    "iter_test_windows": "pipeline.loader",
+    "iter_test_windows": "pipeline.loader", "shuffle_buffer_rows": "pipeline.loader",
     "read_manifest": "pipeline.shards", "frames_from_row": "pipeline.shards",
     "verify": "pipeline.shards", "OutputExistsError": "pipeline.shards",
     "prepare": "pipeline.preparation",

@@ -71,6 +71,16 @@ def _batch_shape(batch: dict) -> tuple:
     return shape
 
 
+def shuffle_buffer_rows(row_bytes: int, batch_size: int, budget_bytes: int = 256 << 20,
+                        max_rows: int = 4096) -> int:
+    """Rows for the local shuffle buffer: as many as ``budget_bytes`` of stored frames hold
+    (between 4 batches and ``max_rows``). Shards store a video's windows next to each other,
+    so a buffer of a few batches would fill each batch from two or three videos; a buffer of
+    thousands of windows draws batches nearly as a uniform sampler does."""
+    fits = budget_bytes // max(1, int(row_bytes))
+    return int(max(4 * batch_size, min(max_rows, fits)))
+
+
 def iter_train_batches(data_iterable, *, batch_size: int, short_len: int, out_len: int,
                        long_len: int, seed: int, local_shuffle_buffer_size: int | None = None,
                        epochs: int | None = 1, drop_last: bool = True,

@@ -1,7 +1,9 @@
 """KTH-like synthetic videos: real encoded .avi files for demos, tests and benchmarks.
 
 Each file follows KTH's naming (`personNN_ACTION_dD_uncomp.avi`, 160x120, 25 fps) and shows a
-stick figure whose motion is long-term and periodic, and differs per action the way KTH's does:
+figure of KTH's relative size (about two thirds of the frame height, a torso ~10 px wide, like
+KTH's actors at d1) over a homogeneous scene (KTH's backgrounds are plain fields and walls),
+whose motion is long-term and periodic, and differs per action the way KTH's does:
 walking, jogging and running cross the scene at increasing speed with shorter, wider strides;
 boxing, hand waving and hand clapping stand still with different arm cycles. Scenarios change
 the scene like KTH's: d1 outdoors, d2 scale variation, d3 different clothes, d4 indoors. Persons
@@ -21,16 +23,19 @@ from pipeline.sources.kth import ACTIONS, TEST_PERSONS, TRAIN_PERSONS, kth_name
 
 WIDTH, HEIGHT, FPS = 160, 120, 25
 
-# action -> (speed px/frame, limb period in frames, leg swing deg, arm style)
+# action -> (speed px/frame, limb period in frames, leg swing deg, arm style); KTH's actors
+# cross the 160 px frame in about 4.5 s walking, 2.5 s jogging, 1.8 s running (25 fps).
 _MOTION = {
-    "walking": (1.0, 24, 25.0, "swing"),
-    "jogging": (2.0, 16, 38.0, "bent"),
-    "running": (3.2, 10, 52.0, "bent"),
+    "walking": (1.4, 25, 25.0, "swing"),
+    "jogging": (2.4, 16, 38.0, "bent"),
+    "running": (3.6, 12, 52.0, "bent"),
     "boxing": (0.0, 12, 0.0, "punch"),
     "handwaving": (0.0, 20, 0.0, "wave"),
     "handclapping": (0.0, 10, 0.0, "clap"),
 }
 _YY, _XX = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float32)
+BODY = 1.45      # limb and torso lengths relative to the first version's stick figure
+MARGIN = 25      # px from the frame border where a walking figure turns around
 
 
 def _segment(canvas: np.ndarray, color, p, q, width: float) -> None:
@@ -51,10 +56,17 @@ def _limb(origin, angle_deg: float, length: float):
 
 
 def _background(rng: np.random.Generator, scenario: int) -> np.ndarray:
-    """A static textured scene: bright outdoors (d1-d3), darker striped indoors (d4)."""
+    """A static homogeneous scene with smooth shading, like KTH's fields and walls: bright
+    outdoors (d1-d3), darker striped indoors (d4)."""
     base = np.array([150, 170, 120] if scenario != 4 else [105, 95, 90], np.float32)
-    noise = rng.normal(0, 1, (HEIGHT // 8 + 1, WIDTH // 8 + 1, 1)).astype(np.float32)
-    texture = np.kron(noise, np.ones((8, 8, 1), np.float32))[:HEIGHT, :WIDTH] * 6
+    coarse = rng.normal(0, 1, (HEIGHT // 30 + 2, WIDTH // 30 + 2)).astype(np.float32)
+    ys = np.linspace(0, coarse.shape[0] - 1.001, HEIGHT)    # bilinear upsampling of the
+    xs = np.linspace(0, coarse.shape[1] - 1.001, WIDTH)     # coarse field: smooth shading
+    y0, x0 = ys.astype(int), xs.astype(int)
+    fy, fx = (ys - y0)[:, None], (xs - x0)[None, :]
+    c = coarse
+    texture = ((1 - fy) * ((1 - fx) * c[y0][:, x0] + fx * c[y0][:, x0 + 1])
+               + fy * ((1 - fx) * c[y0 + 1][:, x0] + fx * c[y0 + 1][:, x0 + 1]))[..., None] * 8
     bg = np.broadcast_to(base, (HEIGHT, WIDTH, 3)) + texture
     if scenario == 4:
         bg = bg + 12 * (np.sin(_XX / 6.0)[..., None] > 0.6)
@@ -69,25 +81,25 @@ def render_frames(action: str, person: int, scenario: int, num_frames: int,
         raise ValueError(f"action={action!r}: allowed {ACTIONS}")
     rng = np.random.default_rng([seed, person, scenario, ACTIONS.index(action)])
     speed, period, swing, arms = _MOTION[action]
-    size = rng.uniform(0.85, 1.1)
+    size = rng.uniform(0.85, 1.1) * BODY
     tempo = rng.uniform(0.9, 1.1)
     phase0 = rng.uniform(0, 2 * math.pi)
-    x = rng.uniform(30, WIDTH - 30)
+    x = rng.uniform(MARGIN, WIDTH - MARGIN)
     direction = 1.0 if rng.random() < 0.5 else -1.0
     shirt = (200, 50, 50) if scenario != 3 else (40, 60, 190)
     trousers = (40, 40, 60) if scenario != 3 else (220, 200, 60)
-    thick = 4.0 if scenario != 3 else 5.5
+    thick = 7.0 if scenario != 3 else 9.0
     bg = _background(rng, scenario)
     frames = np.empty((num_frames, HEIGHT, WIDTH, 3), np.uint8)
     for t in range(num_frames):
         s = size * (1 + 0.25 * math.sin(2 * math.pi * t / 150)) if scenario == 2 else size
         ph = phase0 + 2 * math.pi * tempo * t / period
         x += direction * speed * tempo
-        if not 15 < x < WIDTH - 15:  # turn around at the borders, like KTH's actors
+        if not MARGIN < x < WIDTH - MARGIN:  # turn around at the borders, like KTH's actors
             direction = -direction
-            x = min(max(x, 15), WIDTH - 15)
+            x = min(max(x, MARGIN), WIDTH - MARGIN)
         bounce = abs(math.sin(ph)) * 1.5 * speed * s
-        hip = (x, HEIGHT * 0.62 - bounce)
+        hip = (x, HEIGHT * 0.56 - bounce)
         neck = (x, hip[1] - 24 * s)
         canvas = bg.copy()
         for leg in (0, math.pi):
@@ -96,7 +108,7 @@ def render_frames(action: str, person: int, scenario: int, num_frames: int,
             bend = max(0.0, direction * swing * 0.8 * math.sin(ph + leg + 1.2))
             _segment(canvas, trousers, hip, knee, thick)
             _segment(canvas, trousers, knee, _limb(knee, a - bend, 13 * s), thick)
-        _segment(canvas, shirt, hip, neck, thick + 1)
+        _segment(canvas, shirt, hip, neck, thick + 3)
         for side, arm_phase in ((1.0, 0.0), (-1.0, math.pi)):
             if arms == "swing":
                 up = -direction * 0.8 * swing * math.sin(ph + arm_phase)

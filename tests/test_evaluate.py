@@ -169,3 +169,58 @@ def test_command_line_writes_the_summary(shards, checkpoint, tmp_path, capsys):
     assert "10-4" in out and "ms/sequence" in out
     summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
     assert summary["protocols"]["10-4"]["num_samples"] == 12
+
+
+def test_baselines_are_scored_on_the_same_windows_with_the_same_metric_code(shards, checkpoint,
+                                                                            tmp_path):
+    path, model, _ = checkpoint
+    report = evaluate(path, shards, protocols=["10-6"], output=tmp_path, batch_size=5,
+                      device="cpu", timing=False, log=None)
+    import pipeline
+
+    windows = torch.cat([b["window"] for b in pipeline.iter_test_windows(shards, batch_size=5)])
+    short, target = windows[:, :10], windows[:, 10:16]
+    want = {"copy_last": lmc.frame_metrics(short[:, -1:].expand_as(target), target),
+            "zeros": lmc.frame_metrics(torch.zeros_like(target), target)}
+    base = report["baselines"]["10-6"]
+    assert set(base) == {"copy_last", "zeros"}
+    for name, per_frame in want.items():
+        assert base[name]["num_samples"] == 12
+        for m in ("mse", "mae", "ssim"):
+            assert base[name]["mean"][m] == pytest.approx(per_frame[m].mean().item(), rel=1e-9)
+            assert base[name]["per_timestep"][m] == pytest.approx(per_frame[m].mean(0).tolist(),
+                                                                  rel=1e-9)
+    # the all-zero frame's MSE is the targets' energy; copy-last differs from it
+    assert base["zeros"]["mean"]["mse"] == pytest.approx(
+        target.square().sum(dim=(2, 3, 4)).mean().item(), rel=1e-6)
+    # one verdict line per protocol, consistent with the numbers
+    model_mse = report["protocols"]["10-6"]["mean"]["mse"]
+    line = report["verdict"]["10-6"]
+    for name, label in (("copy_last", "copy last input frame"), ("zeros", "all-zero frame")):
+        word = "BEATS" if model_mse < base[name]["mean"]["mse"] else "does NOT beat"
+        assert f"{word} {label}" in line
+    # summary.json carries them; the CSV has one column per baseline and metric
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert saved["baselines"] == json.loads(json.dumps(report["baselines"]))
+    rows = list(csv.DictReader(open(tmp_path / "curves_10-6.csv")))
+    assert [float(r["copy_last_mse"]) for r in rows] == pytest.approx(
+        base["copy_last"]["per_timestep"]["mse"], rel=1e-5)
+    assert [float(r["zeros_psnr"]) for r in rows] == pytest.approx(
+        base["zeros"]["per_timestep"]["psnr"], rel=1e-5)
+
+
+def test_an_exact_frame_is_capped_in_means_and_counted():
+    from lmc.metrics import PSNR_CAP_DB, MetricAccumulator
+
+    target = torch.rand(2, 3, 1, 8, 8)
+    pred = target.clone()
+    pred[0, 1:] = 0.5              # sample 0: frame 0 exact, frames 1-2 not; sample 1: exact
+    per_frame = lmc.frame_metrics(pred, target)
+    assert math.isinf(per_frame["psnr"][0, 0])               # per frame: +inf, like skimage
+    acc = MetricAccumulator(resolve_protocol("10-3"))
+    acc.update(per_frame)
+    s = acc.summary()
+    assert s["psnr_capped_frames"] == 4
+    finite = per_frame["psnr"][0, 1:]
+    assert s["mean"]["psnr"] == pytest.approx((4 * PSNR_CAP_DB + finite.sum().item()) / 6)
+    assert math.isfinite(s["mean"]["psnr"])

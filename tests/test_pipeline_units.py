@@ -165,6 +165,30 @@ def test_moving_mnist_is_seeded_with_disjoint_digits():
 def test_moving_mnist_rejects_small_canvas_before_any_work():
     with pytest.raises(ValueError, match="img_size=16"):
         MovingMNISTSource(1, 1).check(ShardConfig(img_size=16))
+    with pytest.raises(ValueError, match="img_size=48 .* canvas_size=64"):
+        MovingMNISTSource(1, 1, canvas_size=64).check(ShardConfig(img_size=48))
+    with pytest.raises(ValueError, match="canvas_size=20"):
+        MovingMNISTSource(1, 1, canvas_size=20)
+
+
+def test_moving_mnist_on_a_larger_canvas_is_its_area_average():
+    """32x32 frames from a 64x64 canvas: each pixel is the rounded mean of a 2x2 block of the
+    64x64 sequence that the same seed draws."""
+    digits = load_digits()
+    item = {"kind": "mmnist", "split": "test", "chunk": 0, "first": 0, "count": 2}
+
+    def clips(size, canvas, num_digits=2):
+        src = MovingMNISTSource(0, 2, digits=digits, canvas_size=canvas, num_digits=num_digits)
+        cfg = ShardConfig(short_len=5, out_len=5, img_size=size)
+        return [frames_from_row(r) for r in src.rows(item, cfg) if r["_kind"] == "window"]
+
+    big, small = clips(64, None), clips(32, 64)
+    assert small[0].shape == (10, 32, 32, 1)
+    for b, s in zip(big, small):
+        want = b[..., 0].reshape(10, 32, 2, 32, 2).astype(np.float64).mean(axis=(2, 4))
+        np.testing.assert_array_equal(s[..., 0], np.rint(want).astype(np.uint8))
+    one = clips(64, None, num_digits=1)
+    assert all((o > 0).sum() < (b > 0).sum() for o, b in zip(one, big))  # one digit: less ink
 
 
 def test_h36m_items_split_by_subject(tmp_path):
@@ -199,3 +223,14 @@ def test_moving_mnist_reads_idx_files(tmp_path):
         np.testing.assert_array_equal(got[split], want[split])
     with pytest.raises(FileNotFoundError, match="IDX"):
         load_digits(str(tmp_path / "missing"))
+
+
+def test_shuffle_buffer_holds_a_byte_budget_of_windows():
+    from pipeline import shuffle_buffer_rows
+
+    small = 20 * 64 * 64            # a 10 + 10 window of 64x64 luma
+    paper = 50 * 128 * 128          # a 10 + 40 window of KTH's 128x128
+    assert shuffle_buffer_rows(small, 8) == (256 << 20) // small
+    assert shuffle_buffer_rows(paper, 8) == (256 << 20) // paper == 327
+    assert shuffle_buffer_rows(20 * 32 * 32, 8) == 4096                   # capped
+    assert shuffle_buffer_rows(10 ** 9, 16) == 64                          # at least 4 batches

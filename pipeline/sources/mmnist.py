@@ -77,6 +77,16 @@ def bouncing_sequence(rng: np.random.Generator, digits: np.ndarray, length: int,
     return canvas
 
 
+def downsample(frames: np.ndarray, factor: int) -> np.ndarray:
+    """(T, H, W) uint8 -> (T, H/factor, W/factor) uint8: the mean of each factor x factor block,
+    rounded (area interpolation by a whole factor)."""
+    if factor == 1:
+        return frames
+    t, h, w = frames.shape
+    blocks = frames.reshape(t, h // factor, factor, w // factor, factor).astype(np.float32)
+    return np.rint(blocks.mean(axis=(2, 4))).astype(np.uint8)
+
+
 @dataclass
 class MovingMNISTSource:
     """`train_sequences` + `test_sequences` generated sequences, one window (row) each."""
@@ -86,6 +96,8 @@ class MovingMNISTSource:
     mnist_dir: str | None = None
     seed: int = 0
     num_digits: int = 2
+    canvas_size: int | None = None        # digits bounce on this canvas, then frames are
+                                          # area-averaged down to img_size (None: img_size)
     chunk: int = 250                      # sequences per Ray task
     digits: object = field(default=None, repr=False)  # dict of arrays, or a Ray ObjectRef to it
 
@@ -95,12 +107,21 @@ class MovingMNISTSource:
                 raise ValueError(f"{name}={getattr(self, name)!r}: allowed an integer >= 0")
         if self.num_digits < 1 or self.chunk < 1:
             raise ValueError("num_digits and chunk must be >= 1")
+        if self.canvas_size is not None and (not isinstance(self.canvas_size, int)
+                                             or self.canvas_size < DIGIT):
+            raise ValueError(f"canvas_size={self.canvas_size!r}: allowed None or an integer "
+                             f">= {DIGIT} (the digit size)")
 
     def check(self, config: ShardConfig) -> None:
         """Fail before any work if the config cannot hold this dataset."""
-        if config.img_size < DIGIT:
+        if self.canvas_size is None and config.img_size < DIGIT:
             raise ValueError(f"ShardConfig.img_size={config.img_size} is invalid for "
-                             f"Moving-MNIST: allowed >= {DIGIT} (the digit size)")
+                             f"Moving-MNIST: allowed >= {DIGIT} (the digit size), or a "
+                             "canvas_size that is a multiple of it (frames are downsampled)")
+        if self.canvas_size is not None and self.canvas_size % config.img_size:
+            raise ValueError(f"ShardConfig.img_size={config.img_size} is invalid for "
+                             f"Moving-MNIST with canvas_size={self.canvas_size}: allowed a "
+                             "divisor of canvas_size (frames are area-averaged by a whole factor)")
         if config.channels != 1:
             raise ValueError(f"ShardConfig.channels={config.channels} is invalid for "
                              "Moving-MNIST: allowed 1")
@@ -108,7 +129,8 @@ class MovingMNISTSource:
     def describe(self) -> dict:
         return {"dataset": "mmnist", "train_sequences": self.train_sequences,
                 "test_sequences": self.test_sequences, "mnist_dir": self.mnist_dir,
-                "seed": self.seed, "num_digits": self.num_digits, "chunk": self.chunk}
+                "seed": self.seed, "num_digits": self.num_digits, "chunk": self.chunk,
+                **({"canvas_size": self.canvas_size} if self.canvas_size is not None else {})}
 
     def items(self) -> list[dict]:
         if self.digits is None:
@@ -131,7 +153,9 @@ class MovingMNISTSource:
         rng = np.random.default_rng([self.seed, ("train", "test").index(split), item["chunk"]])
         length = config.window_len_for(split)
         for k in range(item["first"], item["first"] + item["count"]):
-            seq = bouncing_sequence(rng, digits[split], length, config.img_size, self.num_digits)
+            canvas = self.canvas_size or config.img_size
+            seq = bouncing_sequence(rng, digits[split], length, canvas, self.num_digits)
+            seq = downsample(seq, canvas // config.img_size)
             video = {"video_id": f"mmnist-{split}-{k:06d}", "split": split}
             yield window_row(seq[..., None], video, 0, config.short_len, config.long_len)
         yield video_row(f"mmnist:{split}:chunk{item['chunk']}", item["count"] * length)
