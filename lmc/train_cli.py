@@ -16,6 +16,7 @@ from .config import LMCConfig, preset
 DATASETS = {  # dataset -> paper preset
     "kth": "paper-kth", "mmnist": "paper-mmnist", "h36m": "paper-h36m"}
 DEMO_PRESET = "tiny"
+DEMO_DATA_VERSION = "v2"   # bumped when the synthetic generator changes (v2: KTH-sized figures)
 CACHE = os.environ.get("LMC_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "lmc-memory"))
 
 # flag -> config field
@@ -72,14 +73,14 @@ def demo_data(dataset: str, cfg: LMCConfig, cache: str = CACHE) -> str:
     shard_cfg = ShardConfig(short_len=cfg.short_len, out_len=cfg.out_len, img_size=cfg.img_size,
                             channels=cfg.channels, train_stride=5)
     tag = f"{cfg.short_len}-{cfg.out_len}-{cfg.img_size}px-{cfg.channels}ch"
-    out = os.path.join(cache, f"{dataset}-demo-{tag}")
+    out = os.path.join(cache, f"{dataset}-demo-{DEMO_DATA_VERSION}-{tag}")
     if os.path.exists(os.path.join(out, "manifest.json")):
         return out
     if dataset == "kth":
-        videos = os.path.join(cache, "kth-synthetic-videos")
+        videos = os.path.join(cache, f"kth-synthetic-videos-{DEMO_DATA_VERSION}")
         if not os.path.exists(os.path.join(videos, "00sequences.txt")):
             print(f"writing synthetic KTH-like videos to {videos} ...")
-            pipeline.write_kth_like(videos, per_action=4, num_frames=150)
+            pipeline.write_kth_like(videos, per_action=8, num_frames=150)
         source = pipeline.KTHSource(videos)
     elif dataset == "mmnist":
         source = pipeline.MovingMNISTSource(train_sequences=400, test_sequences=64)

@@ -141,6 +141,42 @@ def test_alignment_step_offsets_warmup_and_determinism():
     assert seen == {0, 1}
 
 
+def test_warmup_predicts_the_short_horizon_then_switches_to_the_full_one(monkeypatch):
+    """Iterations < warmup_iterations: target = the first warmup_out_len future frames and the
+    long clip = everything up to their end; after: the full horizon and long = window[r:r+N]."""
+    model = lmc.LMCModel(small_cfg(warmup_iterations=2, warmup_out_len=2))
+    calls = []
+    orig = model.forward
+
+    def spy(short, long=None, out_len=None):
+        calls.append({"short": short.clone(), "long": None if long is None else long.clone(),
+                      "out_len": out_len})
+        return orig(short, long=long, out_len=out_len)
+
+    model.forward = spy
+    from lmc import alignment
+    targets = []
+    loss = alignment.prediction_loss
+    monkeypatch.setattr(alignment, "prediction_loss",
+                        lambda pred, target: (targets.append(target.clone()), loss(pred, target))[1])
+    align = lmc.MemoryAlignment(model, lr=1e-3)
+    window = torch.rand(2, 13, 1, 32, 32)               # short 9 + out 4; long_len 12, r in {0, 1}
+    for it in range(4):
+        align.step(window, long_start=1)
+        p1, p2 = calls[-2:]
+        torch.testing.assert_close(p1["short"], window[:, :9], rtol=0, atol=0)
+        for target in targets[-2:]:                    # the frames right after the short clip
+            torch.testing.assert_close(target, window[:, 9:9 + p1["out_len"]], rtol=0, atol=0)
+        assert p2["long"] is None                      # phase 2 queries by the short clip
+        if it < 2:
+            assert p1["out_len"] == p2["out_len"] == 2
+            torch.testing.assert_close(p1["long"], window[:, :11], rtol=0, atol=0)
+        else:
+            assert p1["out_len"] == p2["out_len"] == 4
+            torch.testing.assert_close(p1["long"], window[:, 1:13], rtol=0, atol=0)
+    assert align.iteration == 4
+
+
 def test_non_finite_loss_names_iteration_and_phase_and_keeps_weights():
     model = lmc.LMCModel(small_cfg())
     align = lmc.MemoryAlignment(model)
