@@ -23,6 +23,8 @@ def main(argv=None):
     p.add_argument("--name", default="ablation", help="runs are <storage>/<name>-<design>")
     add_config_args(p, default_preset="paper-kth")
     p.add_argument("--designs", nargs="+", default=list(DESIGNS), choices=list(DESIGNS))
+    p.add_argument("--seeds", nargs="+", type=int,
+                   help="train each design once per seed (table: mean +- std)")
     p.add_argument("--num-workers", type=int, default=1)
     p.add_argument("--gpus", action="store_true", help="one GPU per worker")
     p.add_argument("--checkpoint-every", type=int, help="iterations between checkpoints")
@@ -35,6 +37,7 @@ def main(argv=None):
     if a.checkpoint_every:
         settings["checkpoint_every"] = a.checkpoint_every
     rows = run_ablation(cfg, data=a.data, storage=a.storage, name=a.name, designs=a.designs,
+                        seeds=a.seeds,
                         eval_windows=a.eval_windows, timing_repeats=a.timing_repeats,
                         run_settings=settings)
     print(format_table(rows))

@@ -52,14 +52,16 @@ def _local_checkpoint(run_uri: str, tmp: str) -> str:
 
 
 def run_ablation(cfg: LMCConfig, *, data: str, storage: str, name: str = "ablation",
-                 designs=tuple(DESIGNS), last: int = 10, eval_windows: int | None = None,
-                 batch_size: int = 8, timing_repeats: int = 10, run_settings: dict | None = None,
-                 log=print) -> list[dict]:
-    """Train ``cfg`` once per query design (runs ``<storage>/<name>-<design>``), evaluate the
-    final checkpoints on the last ``last`` future frames, and return one row per design:
-    {"design", "query", "label", "run", "protocol", "mean": {metric: value}, "lpips",
-     "inference_s", "parameters"}. ``run_settings``: extra ``RunSettings`` fields (num_workers,
-    checkpoint_every, ...). Finished runs are resumed, i.e. not trained again."""
+                 designs=tuple(DESIGNS), seeds=None, last: int = 10,
+                 eval_windows: int | None = None, batch_size: int = 8, timing_repeats: int = 10,
+                 run_settings: dict | None = None, log=print) -> list[dict]:
+    """Train ``cfg`` once per query design (runs ``<storage>/<name>-<design>``), or once per
+    design and seed (``seeds``: runs ``<name>-<design>-s<seed>``, config field ``seed``), evaluate
+    the final checkpoints on the last ``last`` future frames, and return one row per run:
+    {"design", "query", "seed", "label", "run", "protocol", "mean": {metric: value}, "lpips",
+     "baselines", "verdict", "inference_s", "parameters"}. ``run_settings``: extra
+    ``RunSettings`` fields (num_workers, checkpoint_every, ...). Finished runs are resumed, i.e.
+    not trained again."""
     from .train import RunSettings, train, validate
 
     unknown = [d for d in designs if d not in DESIGNS]
@@ -68,16 +70,20 @@ def run_ablation(cfg: LMCConfig, *, data: str, storage: str, name: str = "ablati
     info = data_info(data)
     horizon = info["window_len"] - cfg.short_len
     protocol = last_n_protocol(cfg.short_len, horizon, last)
-    configs = {d: dataclasses.replace(cfg, query=d) for d in designs}   # validated here, up front
-    settings = {d: RunSettings(data=data, storage=storage, name=f"{name}-{d}",
-                               **(run_settings or {})) for d in designs}
-    for d in designs:    # every design's config, data and storage checked before any training
-        validate(configs[d], settings[d])
+    runs = [(d, s) for s in (seeds or [None]) for d in designs]
+    configs = {(d, s): dataclasses.replace(cfg, query=d, **({} if s is None else {"seed": s}))
+               for d, s in runs}                                  # validated here, up front
+    settings = {(d, s): RunSettings(data=data, storage=storage,
+                                    name=f"{name}-{d}" + ("" if s is None else f"-s{s}"),
+                                    **(run_settings or {})) for d, s in runs}
+    for key in runs:     # every run's config, data and storage checked before any training
+        validate(configs[key], settings[key])
     rows = []
-    for d in designs:
+    for d, seed in runs:
         if log:
-            log(f"== {DESIGNS[d]} (query={d}): {configs[d].iterations} iterations ==")
-        metrics = train(configs[d], settings[d], verbose=bool(log))
+            log(f"== {DESIGNS[d]} (query={d}, seed {configs[d, seed].seed}): "
+                f"{configs[d, seed].iterations} iterations ==")
+        metrics = train(configs[d, seed], settings[d, seed], verbose=bool(log))
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = _local_checkpoint(metrics["run"], tmp)
             rep = evaluate(ckpt, data, protocols=[protocol], batch_size=batch_size,
@@ -86,39 +92,62 @@ def run_ablation(cfg: LMCConfig, *, data: str, storage: str, name: str = "ablati
         p = rep["protocols"][protocol.name]
         timing = next(iter(rep["inference_time"].values()), None)
         from .model import LMCModel
-        rows.append({"design": d, "query": d, "label": DESIGNS[d], "run": metrics["run"],
+        rows.append({"design": d, "query": d, "seed": configs[d, seed].seed,
+                     "label": DESIGNS[d], "run": metrics["run"],
                      "protocol": protocol.name, "num_samples": p["num_samples"],
                      "mean": p["mean"], "lpips": rep["lpips"],
                      "baselines": {b: v["mean"] for b, v in rep["baselines"][protocol.name].items()},
                      "verdict": rep["verdict"][protocol.name],
                      "inference_s": timing["median_s"] if timing else None,
                      "inference_protocol": timing["protocol"] if timing else None,
-                     "parameters": LMCModel(configs[d]).num_parameters()})
+                     "parameters": LMCModel(configs[d, seed]).num_parameters()})
     return rows
 
 
 def format_table(rows: list[dict]) -> str:
     """Table 4's layout: PSNR, SSIM, LPIPS (x1e-3) on the last frames, plus MSE and the
-    batch-1 inference time."""
+    batch-1 inference time, then the baselines on the same windows. With several seeds per
+    design, each cell is the mean +- the standard deviation over the seeds."""
     if not rows:
         return "(no rows)"
     r0 = rows[0]
-    lines = [f"Table 4 ({r0['protocol']}, {r0['num_samples']} test sequences; inference "
-             f"{r0['inference_protocol']}, batch 1)",
-             f"{'design':<50}{'PSNR':>8}{'SSIM':>8}{'LPIPS':>8}{'MSE':>10}{'time (s)':>10}"]
-
-    def line(label, m, seconds):
-        lp = f"{m['lpips'] * 1e3:.1f}" if "lpips" in m else "n/a"
-        t = f"{seconds:.4f}" if seconds is not None else "n/a"
-        return f"{label:<50}{m['psnr']:>8.2f}{m['ssim']:>8.3f}{lp:>8}{m['mse']:>10.1f}{t:>10}"
-
+    by_design: dict[str, list[dict]] = {}
     for r in rows:
-        lines.append(line(r["label"], r["mean"], r["inference_s"]))
-    for b, m in r0.get("baselines", {}).items():   # same windows and protocol for every design
-        lines.append(line(f"baseline: {BASELINES[b]}", m, None))
+        by_design.setdefault(r["design"], []).append(r)
+    n_seeds = max(len(v) for v in by_design.values())
+    spread = n_seeds > 1
+    w = 16 if spread else 8
+    lines = [f"Table 4 ({r0['protocol']}, {r0['num_samples']} test sequences; inference "
+             f"{r0['inference_protocol']}, batch 1"
+             + (f"; mean +- std over {n_seeds} seeds)" if spread else ")"),
+             f"{'design':<50}{'PSNR':>{w}}{'SSIM':>{w}}{'LPIPS':>{w}}{'MSE':>{w}}{'time (s)':>10}"]
+
+    def cell(values, fmt):
+        values = [v for v in values if v is not None]
+        if not values:
+            return f"{'n/a':>{w}}"
+        mean = sum(values) / len(values)
+        if not spread:
+            return f"{mean:>{w}{fmt}}"
+        std = (sum((v - mean) ** 2 for v in values) / max(1, len(values) - 1)) ** 0.5
+        return f"{f'{mean:{fmt}} +- {std:{fmt}}':>{w}}"
+
+    def line(label, means, seconds):
+        lp = [m["lpips"] * 1e3 if "lpips" in m else None for m in means]
+        t = [s for s in seconds if s is not None]
+        return (f"{label:<50}{cell([m['psnr'] for m in means], '.2f')}"
+                f"{cell([m['ssim'] for m in means], '.3f')}{cell(lp, '.1f')}"
+                f"{cell([m['mse'] for m in means], '.2f')}"
+                + (f"{sorted(t)[len(t) // 2]:>10.4f}" if t else f"{'n/a':>10}"))
+
+    for d, rs in by_design.items():
+        lines.append(line(rs[0]["label"], [r["mean"] for r in rs], [r["inference_s"] for r in rs]))
+    for b, m in r0.get("baselines", {}).items():   # same windows and protocol for every run
+        lines.append(line(f"baseline: {BASELINES[b]}", [m], [None]))
     for r in rows:
         if r.get("verdict"):
-            lines.append(f"{r['design']}: {r['verdict']}")
+            lines.append(f"{r['design']}" + (f" seed {r['seed']}" if spread else "")
+                         + f": {r['verdict']}")
     if any("lpips" not in r["mean"] for r in rows):
         lines.append(f"LPIPS {rows[0]['lpips']}")
     return "\n".join(lines)
