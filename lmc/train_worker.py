@@ -235,17 +235,25 @@ def _evaluate(core, s: RunSettings, protocol: Protocol, max_windows, lpips) -> d
             "verdict": scored["verdict"][name]}
 
 
+STRIP_CANDIDATES = 64     # test windows the prediction strip is chosen from
+
+
 @torch.no_grad()
 def _pictures(core, s: RunSettings, protocol: Protocol, metrics: dict, folder: str) -> None:
     """curves_<protocol>.csv/.png (baselines dashed), learning_curves.csv/.png and
-    prediction.png/.gif of the first test window."""
+    prediction.png/.gif of the test window that moves most among the first few (the largest
+    copy-last-frame error: a still window would show nothing of the motion)."""
     from .predict import save_strip, to_uint8
 
     write_curves({"protocols": {protocol.name: metrics["test"]},
                   "baselines": {protocol.name: metrics["baselines"]}}, folder)
     write_learning_curves(metrics, folder)
-    window = next(test_windows(s.data, short_len=protocol.short_len, out_len=protocol.out_len,
-                               batch_size=1, max_windows=1))
+    candidates = torch.cat(list(test_windows(s.data, short_len=protocol.short_len,
+                                             out_len=protocol.out_len, batch_size=16,
+                                             max_windows=STRIP_CANDIDATES)))
+    short, future = candidates[:, :protocol.short_len], candidates[:, protocol.short_len:]
+    motion = (future - short[:, -1:]).square().flatten(1).sum(1)      # copy-last error
+    window = candidates[int(motion.argmax())][None]
     device = next(core.parameters()).device
     was_training = core.training
     core.eval()

@@ -224,3 +224,19 @@ def test_an_exact_frame_is_capped_in_means_and_counted():
     finite = per_frame["psnr"][0, 1:]
     assert s["mean"]["psnr"] == pytest.approx((4 * PSNR_CAP_DB + finite.sum().item()) / 6)
     assert math.isfinite(s["mean"]["psnr"])
+
+
+def test_exported_half_precision_checkpoint_loads_as_the_rounded_weights(checkpoint, tmp_path):
+    from lmc.checkpoint import MODEL_FILE, export_weights, load_model
+
+    path, model, cfg = checkpoint
+    out = export_weights(path, tmp_path / "small")
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.pt"]
+    assert (out / MODEL_FILE).stat().st_size < 0.6 * (Path(path) / MODEL_FILE).stat().st_size
+    loaded = load_model(out)
+    assert loaded.cfg == cfg
+    for (name, want), got in zip(model.state_dict().items(), loaded.state_dict().values()):
+        assert got.dtype == torch.float32, name
+        torch.testing.assert_close(got, want.half().float(), rtol=0, atol=0)
+    with pytest.raises(lmc.CheckpointError, match="config.json is missing"):
+        export_weights(tmp_path / "nothing", tmp_path / "x")

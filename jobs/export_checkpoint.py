@@ -1,0 +1,34 @@
+"""Export a training checkpoint folder as a compact inference checkpoint: float16 weights and
+the config, no optimizer state (half the bytes; `jobs/evaluate.py --checkpoint` and
+`jobs/predict.py` read it back into a float32 model).
+
+    python jobs/export_checkpoint.py runs/kth/checkpoint_000004000 results/kth-like/checkpoint
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+from lmc.checkpoint import export_weights  # noqa: E402
+from lmc.reference import CheckpointError  # noqa: E402
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("source", help="a checkpoint folder of this project")
+    p.add_argument("destination", help="folder to write model.pt and config.json into")
+    p.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default="float16")
+    a = p.parse_args(argv)
+    out = export_weights(a.source, a.destination, getattr(torch, a.dtype))
+    size = sum(f.stat().st_size for f in out.iterdir())
+    print(f"wrote {out} ({size / 1e6:.1f} MB, {a.dtype} weights)")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except CheckpointError as e:
+        sys.exit(f"error: {e}")
