@@ -2,8 +2,8 @@
 through (a) a plain loop with no Ray, (b) Ray Train with 1 worker, (c) Ray Train with 2 DDP
 workers at the same global batch; the curves overlaid, with the baselines.
 
-    python benchmarks/learning_parity.py --data SHARDS --preset small-kth --iterations 400 \
-        --output results/parity
+    python benchmarks/learning_parity.py --data SHARDS --preset small-kth \
+        --config '{"img_size": 32}' --iterations 400 --output results/parity
 
 The plain loop reads the train split with pyarrow (`pipeline.iter_test_windows(split="train")`),
 draws each batch uniformly from all windows with its own RNG and the long-clip offset r as
@@ -93,6 +93,7 @@ def main():
     p.add_argument("--eval-every", type=int, default=50)
     p.add_argument("--eval-windows", type=int, default=64)
     p.add_argument("--smooth", type=int, default=25)
+    p.add_argument("--threads", type=int, default=1, help="torch threads per process")
     p.add_argument("--output", default="results/parity")
     args = p.parse_args()
 
@@ -107,14 +108,14 @@ def main():
                      **(json.loads(args.config) if args.config else {}))
     cores = os.cpu_count() or 2
     runs = {"plain PyTorch loop": plain_loop(cfg, args.data, eval_every=args.eval_every,
-                                             eval_windows=args.eval_windows, threads=cores)}
+                                             eval_windows=args.eval_windows, threads=args.threads)}
     ray.init(num_cpus=cores, include_dashboard=False, configure_logging=False,
              log_to_driver=False)
     with tempfile.TemporaryDirectory() as storage:
         for workers in (1, 2):
             runs[f"Ray Train, {workers} worker{'s' if workers > 1 else ''}"] = ray_run(
                 cfg, args.data, storage, workers, eval_every=args.eval_every,
-                eval_windows=args.eval_windows, threads=max(1, cores // workers))
+                eval_windows=args.eval_windows, threads=args.threads)
     ray.shutdown()
 
     os.makedirs(args.output, exist_ok=True)
@@ -149,6 +150,7 @@ def main():
     axes[0].set_title(f"phase-2 training loss ({args.smooth}-iteration mean)")
     axes[0].set_yscale("log")
     axes[1].set_title("validation MSE per frame")
+    axes[1].set_yscale("log")
     for ax in axes:
         ax.set_xlabel("iteration")
         ax.grid(alpha=0.3)
