@@ -11,6 +11,7 @@ import os
 import shutil
 
 import pytest
+import torch
 
 import lmc
 from lmc.alignment import NonFiniteLossError
@@ -81,8 +82,24 @@ def test_ddp_replicas_identical_memory_frozen_and_run_outputs(shards, tmp_path):
     assert glob.glob(str(run / "tensorboard" / "events.out.tfevents.*"))
     curves = (run / f"curves_{m['protocol']}.csv").read_text().splitlines()
     assert len(curves) == 1 + OUT                        # header + one row per future frame
-    for f in (f"curves_{m['protocol']}.png", "prediction.png", "prediction.gif"):
+    for f in (f"curves_{m['protocol']}.png", "prediction.png", "prediction.gif",
+              "learning_curves.png"):
         assert (run / f).stat().st_size > 0
+    # baselines beside the scores: same windows, so the all-zero frame's MSE is the targets'
+    # energy whatever the model; copy-last and all-zero in every validation and in the verdict
+    import pipeline
+    windows = torch.cat([b["window"] for b in pipeline.iter_test_windows(
+        shards, batch_size=8, short_len=SHORT, out_len=OUT)])[:8]     # test_windows=8
+    target = windows[:, SHORT:]
+    assert m["baselines"]["zeros"]["mean"]["mse"] == pytest.approx(
+        target.square().sum(dim=(2, 3, 4)).mean().item(), rel=1e-6)
+    copy = lmc.frame_metrics(windows[:, SHORT - 1:SHORT].expand_as(target), target)["mse"]
+    assert m["baselines"]["copy_last"]["mean"]["mse"] == pytest.approx(copy.mean().item(), rel=1e-6)
+    assert "copy last input frame" in m["verdict"] and "all-zero frame" in m["verdict"]
+    for v in m["validation_history"]:
+        assert {"val_mse", "val_copy_last_mse", "val_zeros_mse", "val_copy_last_psnr"} <= set(v)
+    rows = (run / "learning_curves.csv").read_text().splitlines()
+    assert rows[0].startswith("iteration,") and "val_zeros_mse" in rows[0] and len(rows) == 3
 
 
 # -- (b) a worker dies, (c) the same run is submitted again ---------------------------------------

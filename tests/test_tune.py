@@ -117,6 +117,12 @@ def test_tiny_sweep_asha_stops_the_worse_trial(shards, tmp_path):
     assert cfg == base_cfg(iterations=3, lr=1e-2)
     table = list(csv.DictReader(open(exp / "results.csv")))
     assert [float(r["lr"]) for r in table] == pytest.approx([1e-2, 1e-7])
+    # the baselines on the same validation windows: the same for both trials, in the table
+    assert set(best["baselines"]) == {"copy_last", "zeros"}
+    assert best["baselines"] == pytest.approx(worst["baselines"])
+    assert float(table[0]["copy_last_val_mse"]) == pytest.approx(best["baselines"]["copy_last"],
+                                                                  rel=1e-5)
+    assert table[0]["beats_baselines"] == str(best["beats_baselines"])
     assert (exp / "sweep.png").read_bytes()[:4] == b"\x89PNG"
     runs = sorted(p.name for p in exp.iterdir() if p.name.startswith("train-"))
     assert len(runs) == 2
