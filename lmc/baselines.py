@@ -41,7 +41,3 @@ def verdict(model_mean: dict, baseline_means: dict[str, dict]) -> str:
     own = "".join(f", {k.upper()} {model_mean[k]:.4g}" for k in ("psnr", "ssim") if k in model_mean)
     return f"model (MSE {model_mean['mse']:.4g}{own}) " + " and ".join(parts)
 
-
-def beats_all(model_mean: dict, baseline_means: dict[str, dict]) -> bool:
-    """True when the model's MSE is below every baseline's."""
-    return all(model_mean["mse"] < m["mse"] for m in baseline_means.values())
