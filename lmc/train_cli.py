@@ -19,7 +19,7 @@ DATASETS = {  # dataset -> paper preset
 # CPU gets past the blank-frame phase in minutes (see results/ for longer runs).
 DEMO = {"kth": ("small-kth", {"img_size": 32, "iterations": 1800}),
         "mmnist": ("small-mmnist", {"iterations": 1500})}
-DEMO_DATA_VERSION = "v2"   # bumped when the synthetic generator changes (v2: KTH-sized figures)
+DEMO_DATA_VERSION = "v3"   # bumped when the demo data change (v2: KTH-sized figures; v3: 16 videos per action)
 CACHE = os.environ.get("LMC_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "lmc-memory"))
 
 # flag -> config field
@@ -85,7 +85,7 @@ def demo_data(dataset: str, cfg: LMCConfig, cache: str = CACHE) -> str:
         videos = os.path.join(cache, f"kth-synthetic-videos-{DEMO_DATA_VERSION}")
         if not os.path.exists(os.path.join(videos, "00sequences.txt")):
             print(f"writing synthetic KTH-like videos to {videos} ...")
-            pipeline.write_kth_like(videos, per_action=8, num_frames=150)
+            pipeline.write_kth_like(videos, per_action=16, num_frames=150)
         source = pipeline.KTHSource(videos)
     elif dataset == "mmnist":
         source = pipeline.MovingMNISTSource(train_sequences=2000, test_sequences=128,
