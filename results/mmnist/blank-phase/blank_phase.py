@@ -5,7 +5,7 @@ of 128 fixed sequences every 50 iterations beside the all-zero and copy-last bas
 
     python results/mmnist/blank-phase/blank_phase.py --size 32 --digits 1 --l1 1 --threads 1
 """
-import argparse, json, math, time, sys
+import argparse, json, time, sys
 import numpy as np, torch
 sys.path.insert(0, __import__("os").path.join(__import__("os").path.dirname(__file__), "..", "..", ".."))
 import lmc
