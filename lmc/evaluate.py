@@ -336,6 +336,8 @@ def write_curves(report: dict, output_dir) -> list[Path]:
                 if m in base[b]["per_timestep"]:
                     ax.plot(rep["timesteps"], base[b]["per_timestep"][m], style, color="grey",
                             label=BASELINES.get(b, b))
+            if m in ("mse", "mae"):
+                _log_if_spread(ax)
             ax.set_title(m.upper())
             ax.set_xlabel("future frame t")
             ax.grid(alpha=0.3)
@@ -350,6 +352,14 @@ def write_curves(report: dict, output_dir) -> list[Path]:
         plt.close(fig)
         written += [csv, png]
     return written
+
+
+def _log_if_spread(ax, ratio: float = 20.0) -> None:
+    """A log y-axis when the drawn curves span more than ``ratio`` (e.g. the all-zero frame's
+    MSE far above the model's on KTH), so that the model's curve stays readable."""
+    ys = [y for line in ax.get_lines() for y in line.get_ydata() if y is not None and y > 0]
+    if ys and max(ys) > ratio * min(ys):
+        ax.set_yscale("log")
 
 
 def write_learning_curves(metrics: dict, output_dir) -> list[Path]:
@@ -390,6 +400,8 @@ def write_learning_curves(metrics: dict, output_dir) -> list[Path]:
             ys = [r.get(f"val_{b}_{m}") for r in val]
             if any(y is not None for y in ys):
                 ax.plot(its, ys, style, color="grey", label=BASELINES[b])
+        if m == "mse":
+            _log_if_spread(ax)
         ax.set_title(f"validation {m.upper()} ({metrics.get('protocol', '')})")
         ax.legend(fontsize=7)
     for ax in axes:
