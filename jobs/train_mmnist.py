@@ -1,6 +1,6 @@
 r"""Train LMC-Memory on Moving-MNIST (64x64, 10->30) with Ray Train.
 
-    python jobs/train_mmnist.py                      # demo: synthetic data, small model at 32x32, ~9 min on 2 CPU cores
+    python jobs/train_mmnist.py                      # demo: generated one-digit data, small model at 32x32, minutes on a CPU
     python jobs/train_mmnist.py --data shards/mmnist --storage runs --num-workers 2
     ray job submit --working-dir . -- python jobs/train_mmnist.py --data s3://bucket/mmnist-shards \
         --storage s3://bucket/runs --num-workers 4 --gpus
