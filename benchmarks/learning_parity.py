@@ -33,7 +33,8 @@ def plain_loop(cfg, data: str, *, eval_every: int, eval_windows: int, threads: i
 
     import lmc
     import pipeline
-    from lmc.evaluate import protocol_for, score_windows, summarize_scores, test_windows
+    from lmc.evaluate import (protocol_for, score_windows, summarize_scores, test_windows,
+                              validation_metrics)
 
     torch.set_num_threads(threads)
     train = torch.cat([b["window"] for b in pipeline.iter_test_windows(
@@ -54,10 +55,8 @@ def plain_loop(cfg, data: str, *, eval_every: int, eval_windows: int, threads: i
             windows = test_windows(data, short_len=protocol.short_len, out_len=protocol.out_len,
                                    batch_size=8, max_windows=eval_windows)
             s = summarize_scores(score_windows(model, windows, [protocol]))
-            row = {"iteration": it, **{f"val_{k}": v for k, v in
-                                       s["protocols"][protocol.name]["mean"].items()}}
-            row.update({f"val_{b}_{k}": v for b, rep in s["baselines"][protocol.name].items()
-                        for k, v in rep["mean"].items()})
+            row = {"iteration": it, **validation_metrics(s["protocols"][protocol.name],
+                                                         s["baselines"][protocol.name])}
             val.append(row)
             print(f"plain loop: iteration {it}: val_mse {row['val_mse']:.4g} "
                   f"({time.perf_counter() - t0:.0f} s)", flush=True)

@@ -127,7 +127,7 @@ def format_table(rows: list[dict]) -> str:
         if not values:
             return f"{'n/a':>{w}}"
         mean = sum(values) / len(values)
-        if not spread:
+        if len(values) == 1:
             return f"{mean:>{w}{fmt}}"
         std = (sum((v - mean) ** 2 for v in values) / max(1, len(values) - 1)) ** 0.5
         return f"{f'{mean:{fmt}} +- {std:{fmt}}':>{w}}"

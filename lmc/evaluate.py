@@ -251,13 +251,6 @@ def score_windows(model: torch.nn.Module, windows: Iterable[torch.Tensor],
     return scores
 
 
-def evaluate_model(model: torch.nn.Module, windows: Iterable[torch.Tensor],
-                   protocols: Sequence[Protocol], lpips_metric=None,
-                   device=None) -> dict[str, MetricAccumulator]:
-    """The model's accumulators only (``score_windows`` without baselines)."""
-    return score_windows(model, windows, protocols, lpips_metric, device, baselines=())["model"]
-
-
 def summarize_scores(scores: dict[str, dict[str, MetricAccumulator]]) -> dict:
     """{"protocols": {name: model summary}, "baselines": {name: {baseline: summary}},
     "verdict": {name: one line saying whether the model beats each baseline}}."""
@@ -267,6 +260,15 @@ def summarize_scores(scores: dict[str, dict[str, MetricAccumulator]]) -> dict:
     return {"protocols": model, "baselines": base,
             "verdict": {name: verdict(model[name]["mean"], {b: v["mean"] for b, v in base[name].items()})
                         for name in model if base[name]}}
+
+
+def validation_metrics(model: dict, baselines: dict[str, dict]) -> dict[str, float]:
+    """The flat names a run reports and logs: ``val_<metric>`` for the model and
+    ``val_<baseline>_<metric>`` for each baseline (``val_mse``, ``val_copy_last_mse``, ...),
+    from summaries as ``summarize_scores`` makes them."""
+    out = {f"val_{k}": v for k, v in model["mean"].items()}
+    out.update({f"val_{b}_{k}": v for b, rep in baselines.items() for k, v in rep["mean"].items()})
+    return out
 
 
 def _sync(device: torch.device) -> None:

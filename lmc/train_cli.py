@@ -88,8 +88,9 @@ def demo_data(dataset: str, cfg: LMCConfig, cache: str = CACHE) -> str:
             pipeline.write_kth_like(videos, per_action=16, num_frames=150)
         source = pipeline.KTHSource(videos)
     elif dataset == "mmnist":
+        canvas = 64 if 64 % cfg.img_size == 0 else None   # the classic canvas, area-averaged
         source = pipeline.MovingMNISTSource(train_sequences=2000, test_sequences=128,
-                                            num_digits=1, canvas_size=max(64, cfg.img_size))
+                                            num_digits=1, canvas_size=canvas)
     else:
         raise SystemExit(f"train_{dataset}: --data is required (no synthetic {dataset} data)")
     pipeline.prepare(source, out, shard_cfg)

@@ -23,8 +23,9 @@ from .alignment import MemoryAlignment, NonFiniteLossError
 from .checkpoint import (load_model, load_train_state, rng_state, save_checkpoint,
                          set_rng_state)
 from .config import LMCConfig
-from .evaluate import (score_windows, summarize_scores, test_windows, write_curves,
-                       write_learning_curves)
+from .baselines import BASELINES
+from .evaluate import (score_windows, summarize_scores, test_windows, validation_metrics,
+                       write_curves, write_learning_curves)
 from .metrics import Protocol
 from .model import LMCModel
 from .train import (CHECKPOINT_PREFIX, ERROR_FILE, METRICS_FILE, STRIP_NAME, RunSettings,
@@ -120,6 +121,7 @@ def train_loop_per_worker(config: dict) -> None:
     tracer = (_Tracer(core, align, s.debug["trace_dir"], rank, start)
               if s.debug.get("trace_dir") else None)
     lpips = None
+    val_baselines: dict = {}       # baselines' validation summaries, scored at the first one
     writer = _TensorBoard(run, rank) if rank == 0 else None
 
     batches = pipeline.iter_train_batches(
@@ -175,10 +177,11 @@ def train_loop_per_worker(config: dict) -> None:
                 if done % eval_every == 0 and rank == 0:
                     if lpips is None:
                         lpips = _load_lpips(device)
-                    val = _evaluate(core, s, protocol, s.eval_windows, lpips)
-                    val_means = {f"val_{k}": v for k, v in val["test"]["mean"].items()}
-                    val_means.update({f"val_{b}_{k}": v for b, rep in val["baselines"].items()
-                                      for k, v in rep["mean"].items()})
+                    # the baselines' scores on these fixed windows never change: once a run
+                    val = _evaluate(core, s, protocol, s.eval_windows, lpips,
+                                    baselines=() if val_baselines else tuple(BASELINES))
+                    val_baselines = val_baselines or val["baselines"]
+                    val_means = validation_metrics(val["test"], val_baselines)
                     val_history.append({"iteration": done, **val_means})
                     last_metrics.update(val_means)
                 if writer:
@@ -224,15 +227,16 @@ def train_loop_per_worker(config: dict) -> None:
             writer.close()
 
 
-def _evaluate(core, s: RunSettings, protocol: Protocol, max_windows, lpips) -> dict:
-    """Phase-2 metrics of ``core`` and of the baselines on (the first ``max_windows``) test
-    windows: {"test": summary, "baselines": {name: summary}, "verdict": one line}."""
+def _evaluate(core, s: RunSettings, protocol: Protocol, max_windows, lpips,
+              baselines=tuple(BASELINES)) -> dict:
+    """Phase-2 metrics of ``core`` and of ``baselines`` on (the first ``max_windows``) test
+    windows: {"test": summary, "baselines": {name: summary}, "verdict": one line or None}."""
     windows = test_windows(s.data, short_len=protocol.short_len, out_len=protocol.out_len,
                            batch_size=s.eval_batch_size, max_windows=max_windows)
-    scored = summarize_scores(score_windows(core, windows, [protocol], lpips))
+    scored = summarize_scores(score_windows(core, windows, [protocol], lpips, baselines=baselines))
     name = protocol.name
     return {"test": scored["protocols"][name], "baselines": scored["baselines"][name],
-            "verdict": scored["verdict"][name]}
+            "verdict": scored["verdict"].get(name)}
 
 
 STRIP_CANDIDATES = 64     # test windows the prediction strip is chosen from
