@@ -4,12 +4,10 @@ of long clips (E_LMC) and short clips (E_MM), grouped by action, and the slot us
     python jobs/analyze_memory.py --checkpoint runs/kth/checkpoint --data shards/kth --output fig7/
 """
 import argparse
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import _job  # noqa: F401  (first: the checkout on the path, the error policy)
 
-from lmc.analysis import analyze_memory  # noqa: E402
+from lmc.tools.analysis import analyze_memory
 
 
 def main(argv=None):
@@ -35,7 +33,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError) as e:   # config, checkpoint and data errors
-        sys.exit(f"error: {e}")
+    _job.run(main)

@@ -5,12 +5,10 @@ inference time per sequence (DESIGN §6).
     python jobs/evaluate.py --checkpoint kth_model.pt --preset paper-kth --data shards/kth
 """
 import argparse
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import _job  # noqa: F401  (first: the checkout on the path, the error policy)
 
-from lmc.evaluate import evaluate  # noqa: E402
+from lmc.tools.evaluate import evaluate
 
 
 def main(argv=None):
@@ -37,7 +35,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError) as e:   # config, checkpoint and data errors
-        sys.exit(f"error: {e}")
+    _job.run(main)

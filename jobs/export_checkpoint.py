@@ -5,15 +5,12 @@ the config, no optimizer state (half the bytes; `jobs/evaluate.py --checkpoint` 
     python jobs/export_checkpoint.py runs/kth/checkpoint_000004000 results/kth-like/checkpoint
 """
 import argparse
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import _job  # noqa: F401  (first: the checkout on the path, the error policy)
 
-import torch  # noqa: E402
+import torch
 
-from lmc.checkpoint import export_weights  # noqa: E402
-from lmc.reference import CheckpointError  # noqa: E402
+from lmc.checkpoint import export_weights
 
 
 def main(argv=None):
@@ -28,7 +25,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except CheckpointError as e:
-        sys.exit(f"error: {e}")
+    _job.run(main)

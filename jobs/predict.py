@@ -7,12 +7,10 @@ Writes pred/frame_NNN.png (the predicted frames), strip.png (input | ground trut
 and strip.gif (the same, animated).
 """
 import argparse
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import _job  # noqa: F401  (first: the checkout on the path, the error policy)
 
-from lmc.predict import predict  # noqa: E402
+from lmc.tools.predict import predict
 
 
 def main(argv=None):
@@ -31,7 +29,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError) as e:   # config, checkpoint and input errors
-        sys.exit(f"error: {e}")
+    _job.run(main)

@@ -4,7 +4,7 @@
     python jobs/prepare_kth.py --input data/kth-synth --synthetic 4 --output data/kth-shards
     ray job submit --working-dir . -- python jobs/prepare_kth.py --input s3://b/kth --output s3://b/kth-shards
 """
-import _path  # noqa: F401  (repo root on sys.path for `python jobs/...`)
+import _job  # noqa: F401  (first: the checkout on the path, the error policy)
 
 from pipeline.cli import run, shard_parser
 
@@ -21,9 +21,9 @@ def build_parser():
     return p
 
 
-def main() -> None:
+def main(argv=None) -> dict:
     p = build_parser()
-    args = p.parse_args()
+    args = p.parse_args(argv)
 
     def source():
         from pipeline import KTHSource, write_kth_like
@@ -33,8 +33,8 @@ def main() -> None:
                            num_frames=args.synthetic_frames)
         return KTHSource(args.input, sequences=args.sequences)
 
-    run(p, args, source)
+    return run(args, source)
 
 
 if __name__ == "__main__":
-    main()
+    _job.run(main)

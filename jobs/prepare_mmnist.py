@@ -3,7 +3,7 @@
     python jobs/prepare_mmnist.py --output data/mmnist-shards
     python jobs/prepare_mmnist.py --output s3://b/mmnist --mnist data/mnist --seed 1
 """
-import _path  # noqa: F401  (repo root on sys.path for `python jobs/...`)
+import _job  # noqa: F401  (first: the checkout on the path, the error policy)
 
 from pipeline.cli import run, shard_parser
 
@@ -22,9 +22,9 @@ def build_parser():
     return p
 
 
-def main() -> None:
+def main(argv=None) -> dict:
     p = build_parser()
-    args = p.parse_args()
+    args = p.parse_args(argv)
 
     def source():
         from pipeline import MovingMNISTSource
@@ -33,8 +33,8 @@ def main() -> None:
                                  mnist_dir=args.mnist, seed=args.seed, num_digits=args.digits,
                                  canvas_size=args.canvas_size)
 
-    run(p, args, source)
+    return run(args, source)
 
 
 if __name__ == "__main__":
-    main()
+    _job.run(main)

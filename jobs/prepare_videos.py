@@ -4,19 +4,19 @@
     python jobs/prepare_videos.py --input ref_frames/ --output shards/   # train/ and test/ inside
     python jobs/prepare_videos.py --input h36m/ --output shards/ --layout h36m --channels 3
 """
-import _path  # noqa: F401  (repo root on sys.path for `python jobs/...`)
+import _job  # noqa: F401  (first: the checkout on the path, the error policy)
 
 from pipeline.cli import run, shard_parser
 
 
-def main() -> None:
+def main(argv=None) -> dict:
     p = shard_parser(__doc__.splitlines()[0], img_size=64, channels=1)
     p.add_argument("--input", required=True, help="folder or s3:// prefix")
     p.add_argument("--split", choices=("train", "test"), default=None,
                    help="split of every input (default: first folder level, train/ or test/)")
     p.add_argument("--layout", choices=("folder", "h36m"), default="folder",
                    help="h36m: Human3.6M videos, split by subject (S1,S5-S8 / S9,S11)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
 
     def source():
         from pipeline import FolderSource, H36MSource
@@ -25,8 +25,8 @@ def main() -> None:
             return H36MSource(args.input)
         return FolderSource(args.input, split=args.split)
 
-    run(p, args, source)
+    return run(args, source)
 
 
 if __name__ == "__main__":
-    main()
+    _job.run(main)

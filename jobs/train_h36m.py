@@ -6,9 +6,14 @@ r"""Train LMC-Memory on Human3.6M (RGB 64x64, 10->40) with Ray Train.
 
 Flags: `python jobs/train_h36m.py --help`. The same --name and --storage resume a run.
 """
-import _path  # noqa: F401  (repo root on sys.path for `python jobs/...`)
+import _job  # noqa: F401  (first: the checkout on the path, the error policy)
 
-from lmc.train_cli import run
+from lmc.train.cli import run
+
+
+def main(argv=None):
+    return run("h36m", argv)
+
 
 if __name__ == "__main__":
-    run("h36m")
+    _job.run(main)

@@ -7,9 +7,14 @@ r"""Train LMC-Memory on KTH Action (grayscale 128x128, 10->40; persons 1-16 trai
 
 Flags: `python jobs/train_kth.py --help`. The same --name and --storage resume a run.
 """
-import _path  # noqa: F401  (repo root on sys.path for `python jobs/...`)
+import _job  # noqa: F401  (first: the checkout on the path, the error policy)
 
-from lmc.train_cli import run
+from lmc.train.cli import run
+
+
+def main(argv=None):
+    return run("kth", argv)
+
 
 if __name__ == "__main__":
-    run("kth")
+    _job.run(main)

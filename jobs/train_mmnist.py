@@ -7,9 +7,14 @@ r"""Train LMC-Memory on Moving-MNIST (64x64, 10->30) with Ray Train.
 
 Flags: `python jobs/train_mmnist.py --help`. The same --name and --storage resume a run.
 """
-import _path  # noqa: F401  (repo root on sys.path for `python jobs/...`)
+import _job  # noqa: F401  (first: the checkout on the path, the error policy)
 
-from lmc.train_cli import run
+from lmc.train.cli import run
+
+
+def main(argv=None):
+    return run("mmnist", argv)
+
 
 if __name__ == "__main__":
-    run("mmnist")
+    _job.run(main)

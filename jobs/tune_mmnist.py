@@ -5,14 +5,14 @@ trial a Ray Train run, ASHA on the validation metric. Only valid length combinat
     python jobs/tune_mmnist.py --preset tiny --set img_size=32 --set out_len=4 --data shards/tiny \
         --storage runs --slots 4 8 --long-len 9 12 --iterations 8 --eval-every 2
 """
-import os
-import sys
+import _job  # noqa: F401  (first: the checkout on the path, the error policy)
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from lmc.experiments.cli import tune
 
-import _path  # noqa: E402,F401  (repo root on PYTHONPATH for Ray workers too)
 
-from lmc.tune_cli import main  # noqa: E402
+def main(argv=None):
+    return tune(argv, default_preset="paper-mmnist", default_long_len=(10, 20, 30), doc=__doc__)
+
 
 if __name__ == "__main__":
-    main(default_preset="paper-mmnist", default_long_len=(10, 20, 30), doc=__doc__)
+    _job.run(main)

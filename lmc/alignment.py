@@ -20,6 +20,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from .config import LMCConfig
+from .model import unwrap
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -29,10 +30,6 @@ class NonFiniteLossError(FloatingPointError):
 def prediction_loss(pred, target):
     """Eq. (3): ||S^ - S||_2^2 + ||S^ - S||_1, each as the mean over all elements."""
     return F.mse_loss(pred, target) + F.l1_loss(pred, target)
-
-
-def _unwrap(model):
-    return model.module if hasattr(model, "module") else model  # DDP / DataParallel
 
 
 class MemoryAlignment:
@@ -50,7 +47,7 @@ class MemoryAlignment:
                  warmup_out_len: int | None = None, autocast_dtype: torch.dtype | None = None,
                  seed: int | None = None):
         self.model = model
-        core = _unwrap(model)
+        core = unwrap(model)
         self.cfg: LMCConfig = core.cfg
         self.lr = self.cfg.lr if lr is None else lr
         self.warmup_iterations = self.cfg.warmup_iterations if warmup_iterations is None else warmup_iterations
@@ -90,7 +87,7 @@ class MemoryAlignment:
             long = window[:, :need]
 
         losses = {}
-        if _unwrap(self.model).has_memory:
+        if unwrap(self.model).has_memory:
             losses["loss_phase1"] = self._phase(1, short, long, target, out_len)  # lines 4-10
             losses["loss_phase2"] = self._phase(2, short, None, target, out_len)  # lines 12-18
         else:  # w/o-memory baseline: both phases are the same plain prediction step

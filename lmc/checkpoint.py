@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import LMCConfig
-from .model import LMCModel
+from .config import LMCConfig, preset as make_preset
+from .model import LMCModel, unwrap
 from .reference import CheckpointError, from_reference_checkpoint, load_matching
 
 MODEL_FILE, STATE_FILE, CONFIG_FILE = "model.pt", "train_state.pt", "config.json"
@@ -64,8 +64,7 @@ def save_checkpoint(directory, model, cfg: LMCConfig, train_state: dict | None =
     (e.g. ``{"alignment": align.state_dict(), "rng": rng_state(), ...}``) into ``directory``."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    core = model.module if hasattr(model, "module") else model
-    _atomic_save({k: v.detach().cpu() for k, v in core.state_dict().items()}, directory / MODEL_FILE)
+    _atomic_save({k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}, directory / MODEL_FILE)
     if train_state is not None:
         _atomic_save(train_state, directory / STATE_FILE)
     _atomic_save(cfg.to_dict(), directory / CONFIG_FILE)   # last: its presence marks completeness
@@ -127,3 +126,39 @@ def export_weights(source, destination, dtype: torch.dtype = torch.float16) -> P
                  destination / MODEL_FILE)
     _atomic_save(cfg.to_dict(), destination / CONFIG_FILE)
     return destination
+
+
+# ---------------------------------------------------------------------------------------------
+# loading for inference (evaluate, predict, analysis)
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None``/"auto" -> cuda when there is one, else cpu."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def checkpoint_config(checkpoint, preset: str | LMCConfig | None = None) -> LMCConfig:
+    """The config a checkpoint's weights belong to, without loading the weights.
+
+    A folder of this project carries its config (``preset`` is then ignored); a single ``.pt``
+    file (the reference's format) needs ``preset`` (a name such as "paper-kth" or an LMCConfig).
+    """
+    path = Path(checkpoint)
+    if path.is_dir():
+        return load_config(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if preset is None:
+        raise CheckpointError(f"{path} is a single weights file (the reference's format); give "
+                              "the config it was trained with, e.g. --preset paper-kth")
+    return preset if isinstance(preset, LMCConfig) else make_preset(preset)
+
+
+def load_for_inference(checkpoint, preset: str | LMCConfig | None = None,
+                       device=None) -> tuple[LMCModel, LMCConfig]:
+    """(model in eval mode on ``device``, its config) from a checkpoint folder or reference file."""
+    cfg = checkpoint_config(checkpoint, preset)
+    path = Path(checkpoint)
+    model = load_model(path, None if path.is_dir() else cfg)
+    return model.to(resolve_device(device)).eval(), cfg

@@ -48,12 +48,11 @@ from typing import Mapping
 import torch
 import torch.nn.functional as F
 
+from .protocols import Protocol, get_protocol
+
 __all__ = [
     "frame_metrics",
     "ssim",
-    "Protocol",
-    "PROTOCOLS",
-    "get_protocol",
     "summarize",
     "MetricAccumulator",
     "LPIPSMetric",
@@ -194,52 +193,7 @@ def frame_metrics(pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.T
 
 
 # ---------------------------------------------------------------------------------------------
-# protocols and averaging
-
-@dataclass(frozen=True)
-class Protocol:
-    """An evaluation protocol: `short_len` frames in, `out_len` predicted, `frames` scored.
-
-    `frames` are 0-based indices into the out_len future frames (0 = the first predicted frame).
-    """
-
-    name: str
-    short_len: int
-    out_len: int
-    frames: tuple[int, ...]
-    datasets: tuple[str, ...] = ()
-
-    @property
-    def timesteps(self) -> list[int]:
-        """1-based future time steps of the scored frames (t = 1 .. out_len), for plotting."""
-        return [f + 1 for f in self.frames]
-
-
-def _protocol(name: str, short_len: int, out_len: int, first: int = 0, datasets=()) -> Protocol:
-    return Protocol(name, short_len, out_len, tuple(range(first, out_len)), tuple(datasets))
-
-
-PROTOCOLS: dict[str, Protocol] = {
-    # Table 1: Moving-MNIST
-    "10-10": _protocol("10-10", 10, 10, datasets=("mmnist",)),
-    "10-30": _protocol("10-30", 10, 30, datasets=("mmnist",)),
-    # Table 2: KTH (10->20, 10->40); Human3.6M 10->40
-    "10-20": _protocol("10-20", 10, 20, datasets=("kth",)),
-    "10-40": _protocol("10-40", 10, 40, datasets=("kth", "h36m")),
-    # Table 4: the last 10 of 40 predicted frames (future frames 31..40, indices 30..39)
-    "10-40-last10": _protocol("10-40-last10", 10, 40, first=30, datasets=("kth",)),
-}
-
-
-def get_protocol(protocol: str | Protocol) -> Protocol:
-    """A `Protocol` from its name ("10-40", also spelled "10->40"), or the protocol itself."""
-    if isinstance(protocol, Protocol):
-        return protocol
-    key = str(protocol).replace("->", "-").strip()
-    if key not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {protocol!r}; choose one of {sorted(PROTOCOLS)}")
-    return PROTOCOLS[key]
-
+# averaging
 
 class MetricAccumulator:
     """Exact sample-weighted means over many batches, per metric and per future time step.

@@ -250,9 +250,10 @@ class LMCModel(nn.Module):
             raise ValueError(f"'{name}' has {t} frames; this model needs >= {min_len} "
                              "(the motion encoders pool time by 8 over difference frames)")
 
-    # -- memory freezing for phase 2 (Algorithm 1, line 18) --
-    def memory_parameters(self):
-        return [self.memory.slots] if self.has_memory else []
-
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def unwrap(model) -> LMCModel:
+    """The ``LMCModel`` inside a DDP / DataParallel wrapper (or the model itself)."""
+    return model.module if hasattr(model, "module") else model

@@ -6,8 +6,8 @@ and the sources load on first use.
     from pipeline import KTHSource, ShardConfig, prepare
     prepare(KTHSource("data/kth"), "data/kth-shards", ShardConfig(img_size=128))
     ds = pipeline.load_split("data/kth-shards", "train")          # ray.data.Dataset
-    for batch in pipeline.iter_train_batches(ds, batch_size=8, short_len=10, out_len=10,
-                                             long_len=20, seed=0): ...
+    for window in pipeline.iter_train_batches(ds, batch_size=8, window_len=20, seed=0): ...
+    facts = pipeline.DatasetFacts.read("data/kth-shards")          # what the shards hold
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ _LAZY = {
     "iter_test_windows": "pipeline.loader", "shuffle_buffer_rows": "pipeline.loader",
     "read_manifest": "pipeline.shards", "frames_from_row": "pipeline.shards",
     "verify": "pipeline.shards", "OutputExistsError": "pipeline.shards",
+    "DatasetFacts": "pipeline.shards", "DataError": "pipeline.shards",
     "prepare": "pipeline.preparation",
     "KTHSource": "pipeline.sources", "MovingMNISTSource": "pipeline.sources",
     "H36MSource": "pipeline.sources", "FolderSource": "pipeline.sources",

@@ -53,18 +53,13 @@ def init_ray() -> None:
         ray.init()
 
 
-def run(parser: argparse.ArgumentParser, args: argparse.Namespace, make_source) -> dict:
-    """Validate (config and source) before Ray starts, then prepare; bad input exits with 2."""
+def run(args: argparse.Namespace, make_source) -> dict:
+    """Validate (config, then source and its listing) before Ray starts, then prepare. Bad
+    input raises ValueError / OSError naming the flag or file (the job prints it)."""
     from pipeline.preparation import prepare
-    from pipeline.shards import OutputExistsError
 
-    try:
-        config = config_from_args(args)
-        source = make_source()
-        init_ray()
-        summary = prepare(source, args.output, config, overwrite=args.overwrite)
-    except (ValueError, OutputExistsError, FileNotFoundError) as exc:
-        parser.exit(2, f"error: {exc}\n")
+    summary = prepare(make_source(), args.output, config_from_args(args),
+                      overwrite=args.overwrite, init_ray=init_ray)
     if args.summary_json:
         with open(args.summary_json, "w") as f:
             json.dump(summary, f, indent=1)

@@ -1,9 +1,8 @@
 """Reading shards back: Ray Datasets for training, plain pyarrow for evaluation.
 
 Training: `load_split(path, "train")` -> a Ray Dataset (hand it to Ray Train's `datasets=`), and
-on each worker `iter_train_batches(ray.train.get_dataset_shard("train"), ...)` -> dicts with a
-float window `(N, short_len + out_len, C, H, W)` in [0, 1] and the long clip's offset r, drawn
-once per batch uniformly from [0, short_len + out_len - long_len] (DESIGN §4) with a seeded RNG.
+on each worker `iter_train_batches(ray.train.get_dataset_shard("train"), ...)` -> float windows
+`(N, short_len + out_len, C, H, W)` in [0, 1], locally shuffled with a seeded buffer.
 
 Evaluation: `iter_test_windows(path, batch_size=...)` reads the test shards with pyarrow only,
 in a fixed order (sorted by video id, then start frame), whatever order the shards were written.
@@ -12,32 +11,21 @@ from __future__ import annotations
 
 import itertools
 from collections import OrderedDict
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import pyarrow.parquet as pq
 
-from pipeline.shards import FRAMES_LAYOUT, read_manifest
+from pipeline.shards import FRAMES_LAYOUT, LABEL_COLUMNS, DataError, DatasetFacts
 from pipeline.storage import Location
 
 _COLUMNS = ["frames", *FRAMES_LAYOUT["shape"]]
 
 
 def _split_files(path: str, split: str) -> tuple[Location, list[str]]:
-    """The manifest-listed shard paths of a split; clear errors for missing/empty ones."""
+    """The manifest-listed shard paths of a split (``DataError`` for missing/empty ones)."""
     loc = Location.of(path)
-    manifest = read_manifest(loc)
-    if split not in manifest["rows"]:
-        raise ValueError(f"split={split!r}: allowed {sorted(manifest['rows'])}")
-    if manifest["rows"][split] == 0:
-        raise ValueError(f"{loc.uri}: the {split!r} split is empty (0 windows); "
-                         f"see {loc.uri}/errors.jsonl for skipped inputs")
-    files = [s["path"] for s in manifest["shards"] if s["split"] == split]
-    missing = [f for f in files if not loc.exists(f)]
-    if missing:
-        raise FileNotFoundError(f"{loc.uri}: {len(missing)} shard(s) listed in the manifest are "
-                                f"missing, e.g. {missing[0]}; prepare the data again")
-    return loc, files
+    return loc, DatasetFacts.read(loc).split_files(split)
 
 
 def load_split(path: str, split: str):
@@ -81,25 +69,23 @@ def shuffle_buffer_rows(row_bytes: int, batch_size: int, budget_bytes: int = 256
     return int(max(4 * batch_size, min(max_rows, fits)))
 
 
-def iter_train_batches(data_iterable, *, batch_size: int, short_len: int, out_len: int,
-                       long_len: int, seed: int, local_shuffle_buffer_size: int | None = None,
-                       epochs: int | None = 1, drop_last: bool = True,
-                       prefetch_batches: int = 1) -> Iterator[dict]:
+def iter_train_batches(data_iterable, *, batch_size: int, window_len: int, seed: int,
+                       local_shuffle_buffer_size: int | None = None, epochs: int | None = 1,
+                       drop_last: bool = True, prefetch_batches: int = 1) -> Iterator:
     """Training batches from a Ray `DataIterator` (a worker's dataset shard) or a `Dataset`.
 
-    Yields {"window": float32 (N, short_len + out_len, C, H, W) in [0, 1], "long_start": int}.
-    Rows are shuffled locally through a buffer of `local_shuffle_buffer_size` rows (default
-    4 x batch_size, at least 64; 0 turns shuffling off), with a seed that changes per epoch.
-    `epochs=None` loops forever; the training loop decides when to stop.
+    Yields float32 tensors (N, window_len, C, H, W) in [0, 1]: the first ``window_len`` frames
+    of each stored window (short_len + out_len; the long clip's offset r is the training
+    step's to draw). Rows are shuffled locally through a buffer of `local_shuffle_buffer_size`
+    rows (default 4 x batch_size, at least 64; 0 turns shuffling off), with a seed that changes
+    per epoch. `epochs=None` loops forever; the training loop decides when to stop.
     """
-    window_len = short_len + out_len
-    if not 1 <= long_len <= window_len:
-        raise ValueError(f"long_len={long_len}: allowed [1, short_len + out_len = {window_len}]")
+    if window_len < 1:
+        raise ValueError(f"window_len={window_len}: allowed >= 1")
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}: allowed >= 1")
     if local_shuffle_buffer_size is None:
         local_shuffle_buffer_size = max(64, 4 * batch_size)
-    rng = np.random.default_rng(seed)
     for epoch in itertools.count() if epochs is None else range(epochs):
         batches = data_iterable.iter_batches(
             batch_size=batch_size, batch_format="numpy", drop_last=drop_last,
@@ -107,16 +93,14 @@ def iter_train_batches(data_iterable, *, batch_size: int, short_len: int, out_le
             local_shuffle_buffer_size=local_shuffle_buffer_size or None,
             local_shuffle_seed=(seed * 1_000_003 + epoch) if local_shuffle_buffer_size else None)
         for batch in batches:
-            window = _to_windows(batch["frames"], _batch_shape(batch), window_len)
-            # DESIGN §4: r ~ U[0, short_len + out_len - long_len], once per batch.
-            yield {"window": window, "long_start": int(rng.integers(0, window_len - long_len + 1))}
+            yield _to_windows(batch["frames"], _batch_shape(batch), window_len)
 
 
 class _RowGroupCache:
     """Decoded row groups of a few shard files, for reading rows in a global order."""
 
-    def __init__(self, loc: Location, capacity: int = 4):
-        self.loc, self.capacity = loc, capacity
+    def __init__(self, loc: Location, columns: list[str], capacity: int = 4):
+        self.loc, self.columns, self.capacity = loc, columns, capacity
         self.files: dict[str, pq.ParquetFile] = {}
         self.groups: OrderedDict = OrderedDict()
 
@@ -128,7 +112,7 @@ class _RowGroupCache:
     def group(self, path: str, index: int):
         key = (path, index)
         if key not in self.groups:
-            self.groups[key] = self.file(path).read_row_group(index, columns=_COLUMNS)
+            self.groups[key] = self.file(path).read_row_group(index, columns=self.columns)
             if len(self.groups) > self.capacity:
                 self.groups.popitem(last=False)
         self.groups.move_to_end(key)
@@ -136,16 +120,21 @@ class _RowGroupCache:
 
 
 def iter_test_windows(path: str, *, batch_size: int, split: str = "test",
-                      short_len: int | None = None, out_len: int | None = None) -> Iterator[dict]:
+                      short_len: int | None = None, out_len: int | None = None,
+                      labels: Sequence[str] = ()) -> Iterator[dict]:
     """Evaluation windows in a fixed order (video_id, then start), with pyarrow only.
 
-    Yields {"window": float32 (N, T, C, H, W) in [0, 1], "video_id": [str], "start": [int]};
+    Yields {"window": float32 (N, T, C, H, W) in [0, 1], "video_id": [str], "start": [int],
+    and one list per label column asked for (e.g. "action"; None where the source has none)};
     T = short_len + out_len when both are given (a prefix of the stored window), else all
     stored frames. Memory holds a few row groups, not the split.
     """
+    unknown = [c for c in labels if c not in LABEL_COLUMNS]
+    if unknown:
+        raise DataError(f"label column(s) {unknown}: allowed {', '.join(LABEL_COLUMNS)}")
     loc, files = _split_files(path, split)
     window_len = short_len + out_len if short_len is not None and out_len is not None else None
-    cache = _RowGroupCache(loc)
+    cache = _RowGroupCache(loc, _COLUMNS + list(labels))
     index = []  # (video_id, start, file, row group, row in group)
     for f in files:
         pf = cache.file(f)
@@ -160,4 +149,5 @@ def iter_test_windows(path: str, *, batch_size: int, split: str = "test",
         batch = {k: np.array([r[k] for r in rows]) for k in FRAMES_LAYOUT["shape"]}
         frames = np.array([r["frames"] for r in rows], dtype=object)
         yield {"window": _to_windows(frames, _batch_shape(batch), window_len),
-               "video_id": [e[0] for e in entries], "start": [e[1] for e in entries]}
+               "video_id": [e[0] for e in entries], "start": [e[1] for e in entries],
+               **{c: [r[c] for r in rows] for c in labels}}

@@ -25,12 +25,13 @@ def _rows(item: dict, source, config: ShardConfig):
 
 
 def prepare(source, output: str, config: ShardConfig | None = None, *, overwrite: bool = False,
-            verbose: bool = True) -> dict:
+            verbose: bool = True, init_ray=None) -> dict:
     """Prepare `source` into shards at `output` (path or s3://); returns the summary dict.
 
     The summary has counts (videos read/skipped, windows per split, frames decoded and written,
     bytes), the wall time and frames/s, plus `output` and `noop` (True when the output already
-    held this exact dataset and nothing was done).
+    held this exact dataset and nothing was done). `init_ray`: how to start or join Ray when
+    there is work to do (default `ray.init()`); everything before it needs no Ray.
     """
     config = config or ShardConfig()
     if hasattr(source, "check"):
@@ -49,13 +50,16 @@ def prepare(source, output: str, config: ShardConfig | None = None, *, overwrite
     items = source.items()  # listing errors surface here, before Ray starts
     listing = time.perf_counter() - t0
     if not items:
-        raise ValueError(f"{described}: the source has no inputs")
+        where = described.get("input")
+        raise ValueError(f"the {described.get('dataset', '')} source"
+                         + (f" at {where}" if where else "")
+                         + " has no inputs (no video files or frame folders found there)")
     clear_output(out)
 
     import ray
 
     if not ray.is_initialized():
-        ray.init()
+        (init_ray or ray.init)()
     t0 = time.perf_counter() - listing  # the run's time, without Ray's start-up
     from pipeline.sink import ShardDatasink
 

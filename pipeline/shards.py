@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -44,6 +45,7 @@ SHARD_SCHEMA = pa.schema([
     ("person", pa.int32()),
     ("scenario", pa.string()),
 ])
+LABEL_COLUMNS = ("action", "person", "scenario")
 FRAMES_LAYOUT = {"column": "frames", "dtype": "uint8", "order": "C",
                  "shape": ["num_frames", "height", "width", "channels"]}
 
@@ -87,6 +89,94 @@ def read_manifest(path: str | Location) -> dict:
         raise ValueError(f"{loc.uri}: schema version {manifest.get('schema_version')}, this code "
                          f"reads version {SCHEMA_VERSION}; prepare the data again")
     return manifest
+
+
+class DataError(ValueError):
+    """Shards that cannot feed what was asked of them: no dataset at the path, an empty split,
+    missing shard files, or frames and windows other than the model needs. Names both sides."""
+
+
+@dataclass(frozen=True)
+class DatasetFacts:
+    """What a shard folder holds, read once from its manifest: the one place a model config,
+    a protocol or a loader is checked against the data (``require``, ``split_files``)."""
+
+    path: str
+    dataset: str | None          # "kth", "mmnist", "h36m", "folder", ... (the source's name)
+    channels: int
+    img_size: int
+    short_len: int
+    train_window_len: int        # short_len + out_len
+    test_window_len: int         # short_len + test_out_len (out_len when not set)
+    rows: dict                   # split -> windows
+    bytes: dict                  # split -> bytes of Parquet
+    shards: tuple                # the manifest's shard entries ({"path", "split", ...})
+
+    @classmethod
+    def read(cls, path: str | Location) -> "DatasetFacts":
+        loc = path if isinstance(path, Location) else Location.of(path)
+        try:
+            m = read_manifest(loc)
+        except (OSError, ValueError) as e:
+            raise DataError(str(e)) from None
+        c = m["config"]
+        return cls(path=loc.uri, dataset=m.get("source", {}).get("dataset"),
+                   channels=int(c["channels"]), img_size=int(c["img_size"]),
+                   short_len=int(c["short_len"]),
+                   train_window_len=int(c["short_len"]) + int(c["out_len"]),
+                   test_window_len=int(c["short_len"]) + int(c.get("test_out_len") or c["out_len"]),
+                   rows=dict(m.get("rows", {})), bytes=dict(m.get("bytes", {})),
+                   shards=tuple(m.get("shards", [])))
+
+    @property
+    def test_out_len(self) -> int:
+        return self.test_window_len - self.short_len
+
+    def split_files(self, split: str) -> list[str]:
+        """The shard files of ``split`` (relative paths), after checking that the split is
+        known, not empty, and that every file the manifest lists is there."""
+        if split not in self.rows:
+            raise DataError(f"split={split!r}: allowed {sorted(self.rows)}")
+        if not self.rows[split]:
+            raise DataError(f"{self.path}: the {split!r} split is empty (0 windows); see "
+                            f"{self.path}/{ERRORS} for skipped inputs")
+        loc = Location.of(self.path)
+        files = [s["path"] for s in self.shards if s["split"] == split]
+        missing = [f for f in files if not loc.exists(f)]
+        if missing:
+            raise DataError(f"{self.path}: {len(missing)} shard file(s) listed in {MANIFEST} are "
+                            f"missing (e.g. {missing[0]}); prepare the data again")
+        return files
+
+    def require(self, *, who: str = "the model", channels: int | None = None,
+                img_size: int | None = None, short_len: int | None = None,
+                train_len: int | None = None, test_len: int | None = None,
+                splits: tuple = ()) -> None:
+        """Raise ``DataError`` unless these shards can feed ``who``: frames of ``channels`` and
+        ``img_size``, windows that start with ``short_len`` input frames, train windows of at
+        least ``train_len`` frames, test windows of at least ``test_len``, and non-empty
+        ``splits`` whose files are all there. Every mismatch is listed with its fix."""
+        problems = []
+        if channels is not None and channels != self.channels:
+            problems.append(f"channels: the shards hold {self.channels}-channel frames, {who} "
+                            f"expects {channels} (prepare with --channels {channels})")
+        if img_size is not None and img_size != self.img_size:
+            problems.append(f"img_size: the shards hold {self.img_size}x{self.img_size} frames, "
+                            f"{who} expects {img_size}x{img_size} (prepare with --img-size "
+                            f"{img_size})")
+        if short_len is not None and short_len != self.short_len:
+            problems.append(f"short_len: the shards' windows start with {self.short_len} input "
+                            f"frames, {who} feeds {short_len} (prepare with --short-len "
+                            f"{short_len})")
+        for split, need, have, flag in (("train", train_len, self.train_window_len, "--out-len"),
+                                        ("test", test_len, self.test_window_len, "--test-out-len")):
+            if need is not None and need > have:
+                problems.append(f"{split} windows: the shards hold {have} frames, {who} needs "
+                                f"{need} (prepare with {flag} {need - self.short_len} or more)")
+        if problems:
+            raise DataError(f"{self.path} cannot feed {who}: " + "; ".join(problems))
+        for split in splits:
+            self.split_files(split)
 
 
 def _ours(rel: str) -> bool:

@@ -26,9 +26,19 @@ SPLITS = ("train", "test")
 _NUMBER = re.compile(r"(\d+)(?!.*\d)")
 
 
-def _frame_key(name: str) -> tuple[int, str]:
+def frame_order(name: str) -> tuple[int, str]:
+    """Sort key of a frame file: the last number in its name (frame_9 before frame_10)."""
     m = _NUMBER.search(name)
     return (int(m.group(1)) if m else -1, name)
+
+
+def frame_files(folder) -> list[str]:
+    """The image files directly in a local ``folder``, in frame order (as this source reads
+    a frame folder)."""
+    import os
+    names = [n for n in os.listdir(folder) if os.path.isfile(os.path.join(folder, n))
+             and os.path.splitext(n)[1].lower() in IMAGE_EXTENSIONS]
+    return sorted(names, key=frame_order)
 
 
 @dataclass
@@ -73,7 +83,7 @@ class FolderSource(VideoSourceBase):
         for folder, files in sorted(frame_dirs.items()):
             split, idpath = self._split_of(folder + "/x")
             items.append({"kind": "frames", "rel": folder, "video_id": idpath[:-2], "split": split,
-                          "files": sorted(files, key=_frame_key), "action": None,
+                          "files": sorted(files, key=frame_order), "action": None,
                           "person": None, "scenario": None, "segments": None})
         return items
 

@@ -56,7 +56,12 @@ class VideoSourceBase:
     @property
     def location(self) -> Location:
         if getattr(self, "_location", None) is None:
-            self._location = Location.of(self.input)
+            loc = Location.of(self.input)
+            if loc.is_local and os.path.isfile(loc.root):
+                raise NotADirectoryError(
+                    f"input {self.input} is a file; give the folder (or s3:// prefix) that "
+                    "holds the videos or frame folders")
+            self._location = loc
         return self._location
 
     def rows(self, item: dict, config: ShardConfig) -> Iterator[dict]:

@@ -1,11 +1,11 @@
 """Ray Tune sweep of the memory slot size, the clip lengths and the learning rate.
 
-    from lmc.tune import SweepSpace, SweepSettings, sweep
+    from lmc.experiments.sweep import SweepSpace, SweepSettings, sweep
     result = sweep(lmc.preset("paper-kth"), SweepSpace(memory_slots=(25, 50, 100, 200)),
                    SweepSettings(data="shards/kth", storage="runs", name="kth-sweep"))
 
 Every trial is one Ray Train run of the training driver (``lmc.train``): the Tune trial is only
-the *driver* of a ``TorchTrainer`` whose workers run ``lmc.train_worker.train_loop_per_worker`` (Ray
+the *driver* of a ``TorchTrainer`` whose workers run ``lmc.train.trainer`` (Ray
 Train V2's way of composing Train and Tune: a function trainable that calls ``trainer.fit()``
 with ``TuneReportCallback`` forwarding the workers' reports). The validation metrics that the
 workers report every ``eval_every`` iterations (``val_mse``, ``val_lpips`` when LPIPS weights are
@@ -40,8 +40,9 @@ import tempfile
 from dataclasses import dataclass
 from typing import Sequence
 
-from .baselines import BASELINES
-from .config import ConfigError, LMCConfig
+from ..baselines import BASELINES
+from ..config import ConfigError, LMCConfig
+from ..plots import plot_sweep
 
 RESULTS_FILE, BEST_FILE, PLOT_FILE = "results.csv", "best_config.json", "sweep.png"
 # A trial only drives its Train run (the workers hold the real resources); Tune needs a
@@ -108,56 +109,32 @@ class SweepSettings:
 # the space, filtered before Ray
 
 def expand_space(base: LMCConfig, space: SweepSpace,
-                 data: dict | None = None) -> tuple[list[dict], list[tuple[dict, str]]]:
+                 facts=None) -> tuple[list[dict], list[tuple[dict, str]]]:
     """(kept combinations, [(rejected combination, reason)]) of (memory_slots, short_len,
-    long_len). ``data``: ``lmc.evaluate.data_info`` of the shards plus their train window length
-    under "train_window_len" (checked when given)."""
+    long_len). ``facts``: the shards' ``pipeline.DatasetFacts``; each combination's config must
+    then be one the shards can train (the training driver's own check)."""
+    from pipeline import DataError
+
     kept, rejected = [], []
     for slots, short, long_ in itertools.product(space.memory_slots, space.short_len,
                                                  space.long_len):
         combo = {"memory_slots": slots, "short_len": short, "long_len": long_}
         try:
             cfg = dataclasses.replace(base, **combo)
-        except ConfigError as e:
+            if facts is not None:
+                facts.require(short_len=cfg.short_len, train_len=cfg.window_len)
+        except (ConfigError, DataError) as e:
             rejected.append((combo, str(e).replace("config field ", "")))
             continue
-        reason = _data_reason(cfg, data) if data else None
-        if reason:
-            rejected.append((combo, reason))
-        else:
-            kept.append(combo)
+        kept.append(combo)
     return kept, rejected
 
 
-def _data_reason(cfg: LMCConfig, data: dict) -> str | None:
-    if cfg.short_len != data["short_len"]:
-        return (f"the shards were cut with short_len {data['short_len']} (the training driver "
-                "needs the same); prepare shards for this short_len")
-    if cfg.window_len > data["train_window_len"]:
-        return (f"short_len + out_len = {cfg.window_len} frames but the train windows hold "
-                f"{data['train_window_len']}")
-    return None
-
-
-def shard_facts(path: str) -> dict:
-    """``data_info`` of the shards plus the train window length."""
-    import pipeline
-
-    from .evaluate import data_info
-
-    info = data_info(path)
-    c = pipeline.read_manifest(path)["config"]
-    return {**info, "train_window_len": int(c["short_len"]) + int(c["out_len"])}
-
-
-def check_space(base: LMCConfig, space: SweepSpace, data: dict | None = None) -> list[dict]:
+def check_space(base: LMCConfig, space: SweepSpace, facts=None) -> list[dict]:
     """The kept combinations, or a ``SweepSpaceError`` listing why each one was rejected."""
-    if data is not None:
-        for key in ("channels", "img_size"):
-            if getattr(base, key) != data[key]:
-                raise SweepSpaceError(f"the base config has {key}={getattr(base, key)} but the "
-                                      f"shards at {data['path']} hold {key}={data[key]}")
-    kept, rejected = expand_space(base, space, data)
+    if facts is not None:
+        facts.require(channels=base.channels, img_size=base.img_size)
+    kept, rejected = expand_space(base, space, facts)
     if not kept:
         lines = "\n".join(f"  {c}: {r}" for c, r in rejected)
         raise SweepSpaceError(f"the sweep space has no valid combination "
@@ -184,7 +161,7 @@ def _trial(config: dict, *, base: dict, settings: dict, trial_storage: str,
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from .train import RunSettings, train
+    from ..train import RunSettings, train
 
     os.environ.update(s3_env)    # the sweep driver's S3 settings (object store, not logged)
 
@@ -220,12 +197,13 @@ def sweep(base: LMCConfig, space: SweepSpace, settings: SweepSettings, *, log=pr
 
     Raises ``SweepSpaceError`` (no valid combination) and the driver's data/storage errors
     before any trial starts."""
-    from .metrics import lpips_status
+    from pipeline import DatasetFacts
     from pipeline.storage import s3_environment
 
-    from .train import RunSettings, storage_location, validate
+    from ..metrics import lpips_status
+    from ..train import RunSettings, check, check_storage, storage_location
 
-    facts = shard_facts(settings.data)
+    facts = DatasetFacts.read(settings.data)
     combos = check_space(base, space, facts)
     _, rejected = expand_space(base, space, facts)
     metric = settings.metric or ("val_lpips" if lpips_status()[0] else "val_mse")
@@ -235,18 +213,13 @@ def sweep(base: LMCConfig, space: SweepSpace, settings: SweepSettings, *, log=pr
     mode = "max" if metric in ("val_psnr", "val_ssim") else "min"
     iterations = base.iterations
     root = storage_location(settings.storage)
-    exp = root.child(settings.name)
+    exp = check_storage(root.child(settings.name).uri)
     trial_storage = exp.uri
-    # The driver's own checks (data vs config, storage writable) on the first combination.
-    probe = RunSettings(data=settings.data, storage=trial_storage, name="train-check",
-                        num_workers=settings.num_workers, cpus_per_worker=settings.cpus_per_worker,
-                        use_gpu=settings.use_gpu)
-    validate(dataclasses.replace(base, **combos[0]), probe)
-    if exp.is_local:   # the check left an empty run folder behind
-        try:
-            os.rmdir(exp.path("train-check"))
-        except OSError:
-            pass
+    # The training driver's own read-only checks, on the first combination.
+    check(dataclasses.replace(base, **combos[0]),
+          RunSettings(data=settings.data, storage=trial_storage, name="train-check",
+                      num_workers=settings.num_workers, cpus_per_worker=settings.cpus_per_worker,
+                      use_gpu=settings.use_gpu))
     if log:
         log(f"sweep {exp.uri}: {len(combos)} combination(s) x {settings.num_samples} lr "
             f"sample(s), metric {metric} ({mode}), {iterations} iterations per trial")
@@ -377,35 +350,3 @@ def write_results_csv(rows: list[dict], metric: str, path) -> None:
         f.write("\n".join(lines) + "\n")
 
 
-def plot_sweep(rows: list[dict], metric: str, path) -> None:
-    """Metric (last reported) vs memory_slots, short_len, long_len and lr; trials stopped by
-    ASHA drawn hollow."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    keys = [("memory_slots", "memory slots"), ("short_len", "short_len"),
-            ("long_len", "long_len"), ("lr", "learning rate")]
-    fig, axes = plt.subplots(1, 4, figsize=(12, 2.9), sharey=True)
-    for ax, (key, label) in zip(axes, keys):
-        for stopped, style in ((False, dict(c="C0")), (True, dict(facecolors="none",
-                                                                   edgecolors="C3"))):
-            pts = [(r["lr"] if key == "lr" else r["combo"][key], r["metric"]) for r in rows
-                   if r["stopped_early"] == stopped]
-            if pts:
-                ax.scatter(*zip(*pts), s=28, label="stopped by ASHA" if stopped else "finished",
-                           **style)
-        ax.set_xlabel(label)
-        if key in ("memory_slots", "lr"):
-            ax.set_xscale("log")
-        if key != "lr":      # integer settings: tick exactly the values tried
-            values = sorted({r["combo"][key] for r in rows})
-            ax.set_xticks(values, [str(v) for v in values])
-            ax.minorticks_off()
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel(metric)
-    axes[0].legend(fontsize=7)
-    fig.suptitle(f"{len(rows)} trials: {metric} at their last report", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)

@@ -22,10 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .evaluate import load_for_inference, resolve_device
-
-GIF_MS_PER_FRAME = 200
-
+from ..checkpoint import checkpoint_config, load_for_inference, resolve_device
+from ..plots import _image, save_strip, to_uint8
 
 class VideoTooShortError(ValueError):
     """The input has fewer frames than the prediction needs; names the file and the lengths."""
@@ -67,10 +65,9 @@ def _read_frame_folder(folder: Path, img_size: int, channels: int, start: int,
     from PIL import Image
 
     from pipeline.decode import luma
-    from pipeline.sources.folder import IMAGE_EXTENSIONS, _frame_key
+    from pipeline.sources.folder import IMAGE_EXTENSIONS, frame_files
 
-    files = sorted((p.name for p in folder.iterdir()
-                    if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS), key=_frame_key)
+    files = frame_files(folder)
     if not files:
         raise ValueError(f"{folder}: no image files ({', '.join(IMAGE_EXTENSIONS)})")
     chosen = files[start:] if count is None else files[start:start + count]
@@ -89,99 +86,8 @@ def to_clip(frames: np.ndarray) -> torch.Tensor:
     return x.to(torch.float32).div_(255.0)[None]
 
 
-def to_uint8(clip: torch.Tensor) -> np.ndarray:
-    """(T, C, H, W) float in [0, 1] (clamped) -> (T, H, W, C) uint8, rounded."""
-    x = clip.detach().clamp(0, 1).mul(255).round().to(torch.uint8).cpu().numpy()
-    return x.transpose(0, 2, 3, 1)
-
-
 # ---------------------------------------------------------------------------------------------
 # pictures
-
-def _image(frame: np.ndarray, scale: int):
-    from PIL import Image
-
-    img = Image.fromarray(frame[..., 0] if frame.shape[-1] == 1 else frame)
-    img = img.convert("RGB")
-    return img.resize((img.width * scale, img.height * scale), Image.NEAREST) if scale > 1 else img
-
-
-def _scale_for(size: int) -> int:
-    return max(1, -(-64 // size))        # cells at least 64 px wide
-
-
-def strip_image(rows: list[tuple[str, np.ndarray | None]], *, scale: int | None = None):
-    """A labelled grid: one row per (label, (T, H, W, C) uint8 frames or None), time in columns.
-    A label may carry a second, grey line after a newline."""
-    from PIL import Image, ImageDraw
-
-    size = next(f.shape[1] for _, f in rows if f is not None)
-    scale = scale or _scale_for(size)
-    cell, gap, label_w = size * scale, 2, 92
-    cols = max(len(f) for _, f in rows if f is not None)
-    canvas = Image.new("RGB", (label_w + cols * (cell + gap), len(rows) * (cell + gap)),
-                       (255, 255, 255))
-    draw = ImageDraw.Draw(canvas)
-    for r, (label, frames) in enumerate(rows):
-        y = r * (cell + gap)
-        label, _, note = label.partition("\n")
-        draw.text((4, y + cell // 2 - 12), label, fill=(0, 0, 0))
-        draw.text((4, y + cell // 2 + 2), note, fill=(110, 110, 110))
-        if frames is None:
-            draw.text((label_w + 4, y + cell // 2 - 6), "not available", fill=(150, 150, 150))
-            continue
-        for c, f in enumerate(frames):
-            canvas.paste(_image(f, scale), (label_w + c * (cell + gap), y))
-    return canvas
-
-
-def gif_frames(inputs: np.ndarray, truth: np.ndarray | None, pred: np.ndarray, *,
-               scale: int | None = None, first_frame: int = 1) -> list:
-    """Three panels side by side (input | ground truth | prediction) for every time step:
-    during the input all show the observed frame; then the input panel holds its last frame,
-    the others show the future (ground truth greyed out where the video has none).
-    ``first_frame``: the input's number of the first frame, for the captions."""
-    from PIL import Image, ImageDraw
-
-    s, k = len(inputs), len(pred)
-    size = inputs.shape[1]
-    scale = scale or _scale_for(size)
-    cell, gap, head = size * scale, 4, 14
-    blank = np.full_like(inputs[0], 200)
-    out = []
-    for t in range(s + k):
-        if t < s:
-            panels, note = [inputs[t]] * 3, f"frame {first_frame + t}: observed"
-        else:
-            gt = truth[t - s] if truth is not None and t - s < len(truth) else blank
-            panels, note = [inputs[-1], gt, pred[t - s]], f"frame {first_frame + t}: predicted"
-        canvas = Image.new("RGB", (3 * cell + 2 * gap, cell + 2 * head), (255, 255, 255))
-        draw = ImageDraw.Draw(canvas)
-        for i, (label, f) in enumerate(zip(("input", "ground truth", "prediction"), panels)):
-            canvas.paste(_image(f, scale), (i * (cell + gap), head))
-            draw.text((i * (cell + gap) + 2, 1), label, fill=(0, 0, 0))
-        draw.text((2, head + cell + 1), note, fill=(200, 0, 0) if t >= s else (0, 0, 0))
-        out.append(canvas)
-    return out
-
-
-def save_strip(inputs: np.ndarray, truth: np.ndarray | None, pred: np.ndarray, output, *,
-               name: str = "strip", first_frame: int = 1) -> tuple[Path, Path]:
-    """``<name>.png`` (rows: input, ground truth, prediction) and ``<name>.gif`` (the three side
-    by side over time) in ``output`` from (T, H, W, C) uint8 frames; ``truth`` may be None.
-    ``first_frame``: the 1-based number of the first input frame, for the labels."""
-    s, k, n = first_frame, first_frame + len(inputs) - 1, len(pred)
-    future = f"frames {k + 1}-{k + n}"
-    out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
-    png, gif_path = out / f"{name}.png", out / f"{name}.gif"
-    strip_image([(f"input\nframes {s}-{k}", inputs), (f"ground truth\n{future}", truth),
-                 (f"prediction\n{future}", pred)]).save(png)
-    gif = gif_frames(inputs, truth, pred, first_frame=first_frame)
-    gif[0].save(gif_path, save_all=True, append_images=gif[1:], duration=GIF_MS_PER_FRAME,
-                loop=0)
-    return png, gif_path
-
 
 # ---------------------------------------------------------------------------------------------
 # the command
@@ -194,8 +100,6 @@ def predict(checkpoint, input, output, *, out_len: int | None = None, start: int
     Returns {"prediction": (out_len, H, W, C) uint8, "input": ..., "ground_truth": ... or None,
     "frames_in_input": int, "files": {...}}.
     """
-    from .evaluate import checkpoint_config
-
     cfg = checkpoint_config(checkpoint, preset)
     out_len = cfg.out_len if out_len is None else int(out_len)
     if out_len < 1:

@@ -1,17 +1,17 @@
 """Command line of the training jobs (`jobs/train_kth.py`, `train_mmnist.py`, `train_h36m.py`).
 
-Each job is `run("kth")`: the flags below, a config from a preset plus overrides (validated
-once), the run settings, and `lmc.train.train`. Without `--data`, the KTH and Moving-MNIST jobs
-make a small synthetic dataset in a local cache and train a small model on it (`DEMO`): the
-demo that runs on a laptop in minutes.
+Each job is `run("kth", argv)`: the flags below, a config from a preset plus the config flags
+every job shares (`lmc.cli`, validated once), the run settings, and `lmc.train.train`. Without
+`--data`, the KTH and Moving-MNIST jobs make a small synthetic dataset in a local cache and
+train a small model on it (`DEMO`): the demo that runs on a laptop in minutes.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
-from .config import LMCConfig, preset
+from ..cli import add_config_flags, config_from_args
+from ..config import LMCConfig
 
 DATASETS = {  # dataset -> paper preset
     "kth": "paper-kth", "mmnist": "paper-mmnist", "h36m": "paper-h36m"}
@@ -21,11 +21,6 @@ DEMO = {"kth": ("small-kth", {"img_size": 32, "iterations": 1800}),
         "mmnist": ("small-mmnist", {"iterations": 1500})}
 DEMO_DATA_VERSION = "v3"   # bumped when the demo data change (v2: KTH-sized figures; v3: 16 videos per action)
 CACHE = os.environ.get("LMC_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "lmc-memory"))
-
-# flag -> config field
-_FIELDS = {"iterations": int, "batch_size": int, "lr": float, "memory_slots": int,
-           "short_len": int, "long_len": int, "out_len": int, "img_size": int, "width": float,
-           "warmup_iterations": int, "seed": int, "query": str}
 
 
 def build_parser(dataset: str) -> argparse.ArgumentParser:
@@ -40,13 +35,11 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--gpus", action="store_true", help="one GPU per worker (NCCL)")
     p.add_argument("--cpus-per-worker", type=float, default=1.0)
-    p.add_argument("--preset", help=f"config preset (default {DATASETS[dataset]}; "
-                                    f"{DEMO[dataset][0] if dataset in DEMO else 'none'} at "
-                                    "32x32 without --data)")
-    p.add_argument("--config", help="JSON object or .json file of config fields (over the preset)")
-    for flag, typ in _FIELDS.items():
-        p.add_argument("--" + flag.replace("_", "-"), type=typ)
-    p.add_argument("--checkpoint-every", type=int, help="iterations between checkpoints")
+    add_config_flags(p, default_preset=None, preset_help=(
+        f"{DATASETS[dataset]}; " + (f"{DEMO[dataset][0]} at 32x32 without --data" if dataset in DEMO
+                                    else "")).rstrip("; "))
+    p.add_argument("--checkpoint-every", type=int,
+                   help="iterations between checkpoints (default: a third of the run, at most 1000)")
     p.add_argument("--eval-every", type=int, help="iterations between validations")
     p.add_argument("--eval-windows", type=int, default=32, help="test windows per validation")
     p.add_argument("--test-windows", type=int, help="cap on the final test evaluation")
@@ -55,19 +48,14 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
     p.add_argument("--keep-checkpoints", type=int, default=2)
     p.add_argument("--autocast", choices=("none", "bf16"), default="none")
     p.add_argument("--compile", action="store_true", help="torch.compile (GPU)")
-    p.add_argument("--debug", help=argparse.SUPPRESS)  # JSON test hooks
     return p
 
 
-def config_from_args(args, dataset: str) -> LMCConfig:
+def model_config(args, dataset: str) -> LMCConfig:
+    """The paper preset of ``dataset`` (or --preset), or the demo's small one without --data."""
     demo = args.data is None and args.preset is None and dataset in DEMO
     name = args.preset or (DEMO[dataset][0] if demo else DATASETS[dataset])
-    overrides = dict(DEMO[dataset][1]) if demo else {}
-    if args.config:
-        text = open(args.config).read() if os.path.isfile(args.config) else args.config
-        overrides.update(json.loads(text))
-    overrides.update({k: getattr(args, k) for k in _FIELDS if getattr(args, k) is not None})
-    return preset(name, **overrides)
+    return config_from_args(args, preset_name=name, overrides=DEMO[dataset][1] if demo else None)
 
 
 def demo_data(dataset: str, cfg: LMCConfig, cache: str = CACHE) -> str:
@@ -98,37 +86,29 @@ def demo_data(dataset: str, cfg: LMCConfig, cache: str = CACHE) -> str:
 
 
 def run(dataset: str, argv=None) -> dict:
-    from .alignment import NonFiniteLossError
-    from .config import ConfigError
-    from .reference import CheckpointError
-    from .train import DataError, RunSettings, StorageError, train
-    user_errors = (ConfigError, DataError, StorageError, CheckpointError, NonFiniteLossError)
+    """Parse, validate, train; returns metrics.json. Bad input raises (the job prints it)."""
+    from .driver import train
+    from .run import RunSettings
 
     args = build_parser(dataset).parse_args(argv)
-    try:
-        cfg = config_from_args(args, dataset)
-    except (ConfigError, ValueError) as e:
-        raise SystemExit(f"error: {e}") from None
-    data = args.data
-    if data is None:
-        import ray
-        if not ray.is_initialized():
-            ray.init(configure_logging=False)
-        data = demo_data(dataset, cfg)
-    k = args.checkpoint_every or max(1, min(1000, cfg.iterations // 3))
-    settings = RunSettings(
-        data=data, storage=args.storage,
+    cfg = model_config(args, dataset)
+    settings = RunSettings(      # validated before any data is made or Ray starts
+        data=args.data or "(demo data)", storage=args.storage,
         name=args.name or (f"{dataset}-{args.preset}" if args.preset else
                            f"{dataset}-{DATASETS[dataset]}" if args.data else f"{dataset}-demo"),
         num_workers=args.num_workers, use_gpu=args.gpus, cpus_per_worker=args.cpus_per_worker,
-        checkpoint_every=k, eval_every=args.eval_every, eval_windows=args.eval_windows,
-        test_windows=args.test_windows, protocol=args.protocol, max_failures=args.max_failures,
-        num_to_keep=args.keep_checkpoints, autocast=args.autocast, compile=args.compile,
-        debug=json.loads(args.debug) if args.debug else {})
-    try:
-        metrics = train(cfg, settings)
-    except user_errors as e:  # one clear message, no traceback
-        raise SystemExit(f"error: {type(e).__name__}: {e}") from None
+        checkpoint_every=args.checkpoint_every, eval_every=args.eval_every,
+        eval_windows=args.eval_windows, test_windows=args.test_windows, protocol=args.protocol,
+        max_failures=args.max_failures, num_to_keep=args.keep_checkpoints,
+        autocast=args.autocast, compile=args.compile)
+    if args.data is None:
+        import dataclasses
+
+        import ray
+        if not ray.is_initialized():
+            ray.init(configure_logging=False)
+        settings = dataclasses.replace(settings, data=demo_data(dataset, cfg))
+    metrics = train(cfg, settings)
     if args.data is None:
         model = metrics["test"]["mean"]
         if not all(model["mse"] < rep["mean"]["mse"] and model["psnr"] > rep["mean"]["psnr"]

@@ -35,7 +35,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .evaluate import DataMismatchError, checkpoint_config, data_info, load_for_inference
+from ..checkpoint import checkpoint_config, load_for_inference
+from ..plots import plot_similarity, plot_slot_usage
 
 REDUCTIONS = ("flatten", "mean")
 
@@ -129,43 +130,22 @@ def slot_usage(addressing: torch.Tensor, threshold: float | None = None) -> dict
 # ---------------------------------------------------------------------------------------------
 # data: labelled test windows
 
-def window_labels(data: str, label: str = "action") -> dict[tuple[str, int], str | None]:
-    """(video_id, start) -> label of every test window, from the shards' label column."""
-    import pyarrow.parquet as pq
-
-    import pipeline
-    from pipeline.storage import Location
-
-    manifest = pipeline.read_manifest(data)
-    loc = Location.of(data)
-    out = {}
-    for shard in manifest["shards"]:
-        if shard["split"] != "test":
-            continue
-        with loc.fs.open_input_file(loc.path(shard["path"])) as f:
-            t = pq.read_table(f, columns=["video_id", "start", label])
-        for v, s, lab in zip(*(t[c].to_pylist() for c in ("video_id", "start", label))):
-            out[(v, int(s))] = lab
-    return out
-
-
 def collect_clips(data: str, *, max_per_class: int, label: str = "action",
                   window_len: int | None = None, batch_size: int = 16):
     """Up to ``max_per_class`` test windows per class, in the pipeline's fixed order ->
     (windows (N, T, C, H, W), labels [str], ids [(video_id, start)])."""
     import pipeline
 
-    labels = window_labels(data, label)
-    if not any(v is not None for v in labels.values()):
-        raise DataMismatchError(
-            f"{data}: the test windows carry no {label!r} labels (e.g. Moving-MNIST or a plain "
-            "video folder); the memory analysis groups clips by class and needs labelled data "
-            "such as KTH")
     taken: dict[str, int] = {}
     windows, labs, ids = [], [], []
-    for batch in pipeline.iter_test_windows(data, batch_size=batch_size):
-        for i, (v, s) in enumerate(zip(batch["video_id"], batch["start"])):
-            lab = labels.get((v, int(s)))
+    for batch in pipeline.iter_test_windows(data, batch_size=batch_size, labels=(label,)):
+        if not windows and not any(lab is not None for lab in batch[label]):
+            # a source labels all its windows or none
+            raise pipeline.DataError(
+                f"{data}: the test windows carry no {label!r} labels (e.g. Moving-MNIST or a "
+                "plain video folder); the memory analysis groups clips by class and needs "
+                "labelled data such as KTH")
+        for i, (v, s, lab) in enumerate(zip(batch["video_id"], batch["start"], batch[label])):
             if lab is None or taken.get(lab, 0) >= max_per_class:
                 continue
             taken[lab] = taken.get(lab, 0) + 1
@@ -178,54 +158,6 @@ def collect_clips(data: str, *, max_per_class: int, label: str = "action",
 
 # ---------------------------------------------------------------------------------------------
 # pictures and files
-
-def plot_similarity(sim: torch.Tensor, labels: Sequence[str], path, title: str = "") -> None:
-    """Heatmap of a class-grouped long-vs-short similarity matrix, class blocks outlined."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n = len(labels)
-    fig, ax = plt.subplots(figsize=(5.6, 4.8))
-    im = ax.imshow(sim.numpy(), cmap="viridis", interpolation="nearest")
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="cosine similarity")
-    bounds, centers, names, start = [], [], [], 0
-    for i in range(1, n + 1):
-        if i == n or labels[i] != labels[start]:
-            bounds.append(i)
-            centers.append((start + i - 1) / 2)
-            names.append(str(labels[start]))
-            start = i
-    for b in bounds[:-1]:
-        ax.axhline(b - 0.5, color="white", lw=0.8)
-        ax.axvline(b - 0.5, color="white", lw=0.8)
-    ax.set_xticks(centers, names, rotation=45, ha="right", fontsize=8)
-    ax.set_yticks(centers, names, fontsize=8)
-    ax.set_xlabel("short clips (E_MM, phase 2)")
-    ax.set_ylabel("long clips (E_LMC, phase 1)")
-    ax.set_title(title or "memory addressing similarity", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90, bbox_inches="tight")
-    plt.close(fig)
-
-
-def plot_slot_usage(usage: dict[str, dict], path) -> None:
-    """Bars: per slot, how many queries address it most, for each phase."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(len(usage), 1, figsize=(7, 1.9 * len(usage)), squeeze=False)
-    for ax, (name, u) in zip(axes[:, 0], usage.items()):
-        ax.bar(range(u["num_slots"]), u["argmax_counts"], width=0.9)
-        ax.set_title(f"{name}: {u['slots_argmax']}/{u['num_slots']} slots ever the argmax, "
-                     f"{u['slots_above_threshold']} above weight {u['threshold']:.3g}", fontsize=9)
-        ax.set_ylabel("queries")
-    axes[-1, 0].set_xlabel("memory slot")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-
 
 def _write_matrix_csv(path, rows: list[str], cols: list[str], values) -> None:
     lines = [",".join(["", *cols])]
@@ -247,20 +179,17 @@ def analyze_memory(checkpoint, data, output, *, preset=None, max_per_class: int 
         raise ValueError(f"reduce={reduce!r}: allowed {' | '.join(REDUCTIONS)}")
     if max_per_class < 1:
         raise ValueError(f"max_per_class must be >= 1, got {max_per_class}")
+    from pipeline import DatasetFacts
+
     cfg = checkpoint_config(checkpoint, preset)
     if cfg.query == "none":
         raise ValueError("this checkpoint has no memory (query='none'): nothing to analyse")
-    info = data_info(data)
+    # the long clip (frames long_start .. long_start + long_len - 1) must fit a test window
+    DatasetFacts.read(data).require(
+        who=f"the long clip from frame {long_start} (long_len {cfg.long_len})",
+        channels=cfg.channels, img_size=cfg.img_size,
+        test_len=max(cfg.short_len, long_start + cfg.long_len), splits=("test",))
     need = max(cfg.short_len, long_start + cfg.long_len)
-    for key in ("channels", "img_size"):
-        if getattr(cfg, key) != info[key]:
-            raise DataMismatchError(f"the checkpoint expects {key}={getattr(cfg, key)} but "
-                                    f"{data} holds {key}={info[key]}")
-    if info["window_len"] < need:
-        raise DataMismatchError(
-            f"the long clip (frames {long_start}..{long_start + cfg.long_len - 1}, long_len "
-            f"{cfg.long_len}) needs test windows of {need} frames but {data} has "
-            f"{info['window_len']}")
 
     model, cfg = load_for_inference(checkpoint, preset, device)
     windows, labels, ids = collect_clips(data, max_per_class=max_per_class, label=label,

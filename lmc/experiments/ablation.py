@@ -1,14 +1,14 @@
 """Table 4 of the paper: the same training budget for the three network designs, scored on the
 last 10 of the future frames, with the inference cost of each.
 
-    from lmc.ablation import run_ablation
+    from lmc.experiments.ablation import run_ablation
     rows = run_ablation(lmc.preset("paper-kth"), data="shards/kth", storage="runs",
                         name="table4")
 
 Each design is one Ray Train run of the training driver (``lmc.train.train``) with the same
 config except ``query``: "none" (Model w/o LMC-Memory), "global" (LMC-Memory with a non-local,
 globally pooled query) and "local" (the paper's local motion context). The final checkpoint of
-each run is then evaluated with ``lmc.evaluate`` under the last-10 protocol of the data's
+each run is then evaluated with ``lmc.tools.evaluate`` under the last-10 protocol of the data's
 test horizon ("10-40-last10" for KTH's 10->40; "S-K-last10" otherwise, the whole horizon when
 K <= 10), with the batch-1 inference time for S->K.
 """
@@ -21,9 +21,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .baselines import BASELINES
-from .config import LMCConfig
-from .evaluate import data_info, evaluate, last_n_protocol
+from ..baselines import BASELINES
+from ..checkpoint import CONFIG_FILE, MODEL_FILE
+from ..config import LMCConfig
+from ..model import LMCModel
+from ..protocols import last_n_protocol
+from ..tools.evaluate import evaluate
 
 DESIGNS = {
     "none": "Model w/o LMC-Memory",
@@ -34,8 +37,7 @@ DESIGNS = {
 
 def _local_checkpoint(run_uri: str, tmp: str) -> str:
     """The run's latest checkpoint folder as a local path (copied from s3:// when needed)."""
-    from .checkpoint import CONFIG_FILE, MODEL_FILE
-    from .train import storage_location, latest_checkpoint
+    from ..train import latest_checkpoint, storage_location
 
     run = storage_location(run_uri)
     name = latest_checkpoint(run)
@@ -62,13 +64,14 @@ def run_ablation(cfg: LMCConfig, *, data: str, storage: str, name: str = "ablati
      "baselines", "verdict", "inference_s", "parameters"}. ``run_settings``: extra
     ``RunSettings`` fields (num_workers, checkpoint_every, ...). Finished runs are resumed, i.e.
     not trained again."""
-    from .train import RunSettings, train, validate
+    from pipeline import DatasetFacts
+
+    from ..train import RunSettings, train, validate
 
     unknown = [d for d in designs if d not in DESIGNS]
     if unknown:
         raise ValueError(f"unknown design(s) {unknown}; allowed: {', '.join(DESIGNS)}")
-    info = data_info(data)
-    horizon = info["window_len"] - cfg.short_len
+    horizon = DatasetFacts.read(data).test_window_len - cfg.short_len
     protocol = last_n_protocol(cfg.short_len, horizon, last)
     runs = [(d, s) for s in (seeds or [None]) for d in designs]
     configs = {(d, s): dataclasses.replace(cfg, query=d, **({} if s is None else {"seed": s}))
@@ -91,7 +94,6 @@ def run_ablation(cfg: LMCConfig, *, data: str, storage: str, name: str = "ablati
                            timing_repeats=max(1, timing_repeats), log=None)
         p = rep["protocols"][protocol.name]
         timing = next(iter(rep["inference_time"].values()), None)
-        from .model import LMCModel
         rows.append({"design": d, "query": d, "seed": configs[d, seed].seed,
                      "label": DESIGNS[d], "run": metrics["run"],
                      "protocol": protocol.name, "num_samples": p["num_samples"],

@@ -1,0 +1,119 @@
+"""A training run's settings and its folder: what a run reads, where it writes, and the names of
+what it leaves there. The driver (which plans a run) and the trainer (which executes it on each
+worker) both import this module; it imports no Ray.
+
+A run lives in ``<storage>/<name>/`` (a path or s3://): Ray Train's ``checkpoint_<iteration>``
+folders (model.pt, train_state.pt, config.json; see ``lmc.checkpoint``), ``tensorboard/``,
+``metrics.json``, ``learning_curves.csv/.png``, ``curves_<protocol>.csv/.png`` and
+``prediction.png/.gif``; ``error.json`` while a run that stopped on a non-finite loss is unread.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from ..checkpoint import CONFIG_FILE
+from ..config import ConfigError
+
+METRICS_FILE, ERROR_FILE = "metrics.json", "error.json"
+STRIP_NAME = "prediction"       # prediction.png / prediction.gif: input | truth | prediction
+CHECKPOINT_PREFIX = "checkpoint_"
+
+
+class StorageError(OSError):
+    """The run's storage path cannot be reached or written."""
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Where a run reads and writes and how it is scheduled (the model config is separate)."""
+
+    data: str                        # shard folder (path or s3://) made by `pipeline.prepare`
+    storage: str                     # run storage root (path or s3://); the run is <storage>/<name>
+    name: str
+    num_workers: int = 2
+    use_gpu: bool = False            # NCCL on GPUs, gloo on CPU
+    cpus_per_worker: float = 1.0     # CPUs Ray reserves per worker (lowered to leave Ray Data 1)
+    threads_per_worker: int | None = None  # torch intra-op threads (None: max(1, cpus_per_worker))
+    checkpoint_every: int | None = None    # checkpoint (rank 0) every K iterations and at the end
+                                           # (None: a third of the run, at most 1000)
+    eval_every: int | None = None    # validation every K iterations (None -> checkpoint interval)
+    eval_windows: int = 32           # test windows per validation pass
+    eval_batch_size: int = 8
+    test_windows: int | None = None  # cap on the final test evaluation (None: the whole split)
+    protocol: str | None = None      # "10-40", ...; None: the named protocol fitting the test windows
+    max_failures: int = 3            # worker-group restarts from the latest checkpoint
+    num_to_keep: int = 2             # checkpoints kept
+    log_every: int | None = None     # loss history / TensorBoard interval (None: ~1000 points)
+    autocast: str = "none"           # "none" | "bf16" (GPU)
+    compile: bool = False            # torch.compile the model (GPU)
+    artifacts: bool = True           # per-timestep plot and prediction strip/GIF at the end
+
+    def __post_init__(self):
+        def need(ok, name, allowed):
+            if not ok:
+                raise ConfigError(f"run setting '{name}' = {getattr(self, name)!r} is invalid; "
+                                  f"allowed: {allowed}")
+        need(bool(self.name) and "/" not in self.name and not self.name.startswith("."),
+             "name", "a non-empty folder name without '/'")
+        need(isinstance(self.cpus_per_worker, (int, float)) and self.cpus_per_worker > 0,
+             "cpus_per_worker", "a number > 0")
+        for n in ("num_workers", "eval_windows", "eval_batch_size"):
+            need(isinstance(getattr(self, n), int) and getattr(self, n) >= 1, n, "an integer >= 1")
+        for n in ("checkpoint_every", "eval_every", "test_windows", "log_every",
+                  "threads_per_worker"):
+            v = getattr(self, n)
+            need(v is None or (isinstance(v, int) and v >= 1), n, "None or an integer >= 1")
+        need(isinstance(self.max_failures, int) and self.max_failures >= -1, "max_failures",
+             ">= 0, or -1 for unlimited")
+        need(isinstance(self.num_to_keep, int) and self.num_to_keep >= 1, "num_to_keep", ">= 1")
+        need(self.autocast in ("none", "bf16"), "autocast", "none | bf16")
+
+    # The cadences and the thread count, defaulted in one place.
+    def checkpoint_interval(self, iterations: int) -> int:
+        return self.checkpoint_every or max(1, min(1000, iterations // 3))
+
+    def eval_interval(self, iterations: int) -> int:
+        return self.eval_every or self.checkpoint_interval(iterations)
+
+    def log_interval(self, iterations: int) -> int:
+        return self.log_every or max(1, iterations // 1000)
+
+    @property
+    def torch_threads(self) -> int:
+        return self.threads_per_worker or max(1, int(self.cpus_per_worker))
+
+
+def storage_location(uri: str):
+    """A local path or s3://bucket/prefix as a `pipeline.storage.Location` (S3 configured from
+    the environment only; picklable, so workers rebuild it from the URI)."""
+    from pipeline.storage import Location
+    return Location.of(uri)
+
+
+def checkpoint_name(iteration: int) -> str:
+    return f"{CHECKPOINT_PREFIX}{iteration:09d}"
+
+
+def latest_checkpoint(run) -> str | None:
+    """The newest complete `checkpoint_<iteration>` folder of a run (relative name), or None."""
+    try:
+        names = {f.split("/", 1)[0] for f in run.list_files() if f.startswith(CHECKPOINT_PREFIX)
+                 and f.endswith("/" + CONFIG_FILE)}   # config.json is written last
+    except Exception:
+        return None
+    return max(names) if names else None
+
+
+def read_json(loc, name: str) -> dict | None:
+    try:
+        return json.loads(loc.read_bytes(name)) if loc.exists(name) else None
+    except Exception:
+        return None
+
+
+def s3_env(s: RunSettings) -> dict:
+    """The driver's S3 settings when the run touches s3://: workers (possibly started before
+    the driver set them, or on other nodes) read test windows and write the run folder."""
+    from pipeline.storage import s3_environment
+    return s3_environment() if "s3://" in s.data + s.storage else {}
