@@ -69,8 +69,7 @@ def loader_rate(shards: str, batch_size: int, batches: int) -> float:
     from pipeline import iter_train_batches, load_split
 
     ds = load_split(shards, "train")
-    it = iter_train_batches(ds, batch_size=batch_size, short_len=10, out_len=10, long_len=20,
-                            seed=0, epochs=None)
+    it = iter_train_batches(ds, batch_size=batch_size, window_len=20, seed=0, epochs=None)
     next(it)  # pipeline start-up is not throughput
     t0 = time.perf_counter()
     for _ in range(batches):

@@ -30,7 +30,7 @@ def main():
 
     import lmc
     from lmc.train import RunSettings, train
-    from lmc.train_cli import demo_data
+    from lmc.train.cli import demo_data
 
     cfg = lmc.preset("tiny", iterations=args.iterations, batch_size=args.batch_size)
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, configure_logging=False,

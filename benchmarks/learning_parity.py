@@ -33,14 +33,13 @@ def plain_loop(cfg, data: str, *, eval_every: int, eval_windows: int, threads: i
 
     import lmc
     import pipeline
-    from lmc.evaluate import (protocol_for, score_windows, summarize_scores, test_windows,
-                              validation_metrics)
+    from lmc.protocols import protocol_for
+    from lmc.scoring import score_windows, summarize_scores, test_windows, validation_metrics
 
     torch.set_num_threads(threads)
     train = torch.cat([b["window"] for b in pipeline.iter_test_windows(
         data, batch_size=64, split="train", short_len=cfg.short_len, out_len=cfg.out_len)])
-    test_out = pipeline.read_manifest(data)["config"].get("test_out_len") or cfg.out_len
-    protocol = protocol_for(cfg.short_len, test_out)
+    protocol = protocol_for(cfg.short_len, pipeline.DatasetFacts.read(data).test_out_len)
     torch.manual_seed(cfg.seed)
     model = lmc.LMCModel(cfg)
     align = lmc.MemoryAlignment(model)

@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 def _scores(model, windows, protocol) -> dict:
     """{"model": means, "baselines": {name: means}, "verdict": line} on a (N, T, C, H, W) batch."""
-    from lmc.evaluate import score_windows, summarize_scores
+    from lmc.scoring import score_windows, summarize_scores
 
     s = summarize_scores(score_windows(model, windows.split(16), [protocol]))
     name = protocol.name
@@ -35,7 +35,7 @@ def sample(model, protocol, args) -> dict:
     import numpy as np
     import torch
 
-    from lmc.evaluate import test_windows
+    from lmc.scoring import test_windows
 
     windows = torch.cat(list(test_windows(args.data, short_len=protocol.short_len,
                                           out_len=protocol.out_len, batch_size=8,
@@ -50,26 +50,16 @@ def sample(model, protocol, args) -> dict:
 
 
 def per_class(model, protocol, args) -> dict:
-    import pyarrow.parquet as pq
     import torch
 
     import pipeline
-    from pipeline.storage import Location
 
-    loc = Location.of(args.data)
-    labels = {}
-    for shard in pipeline.read_manifest(args.data)["shards"]:
-        if shard["split"] == "test":
-            t = pq.read_table(loc.fs.open_input_file(loc.path(shard["path"])),
-                              columns=["video_id", "start", args.label])
-            labels.update(zip(zip(t["video_id"].to_pylist(), t["start"].to_pylist()),
-                              t[args.label].to_pylist()))
     groups: dict[str, list] = {}
     for batch in pipeline.iter_test_windows(args.data, batch_size=32,
                                             short_len=protocol.short_len,
-                                            out_len=protocol.out_len):
-        for w, key in zip(batch["window"], zip(batch["video_id"], batch["start"])):
-            groups.setdefault(labels[key], []).append(w)
+                                            out_len=protocol.out_len, labels=(args.label,)):
+        for w, label in zip(batch["window"], batch[args.label]):
+            groups.setdefault(label, []).append(w)
     out = {label: {"num_samples": len(ws), **_scores(model, torch.stack(ws), protocol)}
            for label, ws in sorted(groups.items())}
     with open(args.output, "w") as f:
@@ -89,9 +79,9 @@ def main():
     args = p.parse_args()
 
     from lmc.checkpoint import load_model
-    from lmc.evaluate import resolve_protocol
+    from lmc.protocols import get_protocol
 
-    model, protocol = load_model(args.checkpoint), resolve_protocol(args.protocol)
+    model, protocol = load_model(args.checkpoint), get_protocol(args.protocol)
     out = (sample if args.what == "sample" else per_class)(model, protocol, args)
     print(json.dumps(out, indent=1))
 
