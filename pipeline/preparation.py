@@ -10,6 +10,7 @@ before Ray starts; an output that already holds this dataset makes the run a no-
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 
@@ -64,7 +65,8 @@ def prepare(source, output: str, config: ShardConfig | None = None, *, overwrite
     from pipeline.sink import ShardDatasink
 
     if hasattr(source, "digits") and isinstance(source.digits, dict):
-        source.digits = ray.put(source.digits)  # shipped once, not inside every task
+        # shipped once, not inside every task; a copy, so the caller's source keeps its arrays
+        source = dataclasses.replace(source, digits=ray.put(source.digits))
     sink = ShardDatasink(out, config)
     cpus = int(ray.cluster_resources().get("CPU", 1))
     tasks = max(math.ceil(len(items) / config.inputs_per_task), min(len(items), 2 * cpus))
