@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 from pipeline.config import ShardConfig
@@ -27,6 +26,8 @@ def shard_parser(description: str, *, img_size: int, channels: int = 1, out_len:
     p.add_argument("--overwrite", action="store_true",
                    help="replace a dataset prepared with a different config")
     p.add_argument("--summary-json", default=None, help="also write the summary dict here")
+    p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else an "
+                                     "embedded Ray)")
     return p
 
 
@@ -37,29 +38,15 @@ def config_from_args(args: argparse.Namespace) -> ShardConfig:
                        train_stride=args.train_stride, frame_step=args.frame_step)
 
 
-def init_ray() -> None:
-    """Start (or join, with RAY_ADDRESS) Ray; a joined cluster gets this `pipeline` shipped.
-
-    Workers of an existing cluster do not see this checkout, so the package goes along as a
-    runtime-env `py_modules` entry (merged with a submitted job's working_dir, if any).
-    """
-    import ray
-
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(runtime_env={"py_modules": [os.path.dirname(os.path.abspath(__file__))]})
-    else:
-        ray.init()
-
-
 def run(args: argparse.Namespace, make_source) -> dict:
     """Validate (config, then source and its listing) before Ray starts, then prepare. Bad
     input raises ValueError / OSError naming the flag or file (the job prints it)."""
     from pipeline.preparation import prepare
 
+    from pipeline.cluster import connect
+
     summary = prepare(make_source(), args.output, config_from_args(args),
-                      overwrite=args.overwrite, init_ray=init_ray)
+                      overwrite=args.overwrite, init_ray=lambda: connect(args.address))
     if args.summary_json:
         with open(args.summary_json, "w") as f:
             json.dump(summary, f, indent=1)

@@ -32,7 +32,7 @@ def prepare(source, output: str, config: ShardConfig | None = None, *, overwrite
     The summary has counts (videos read/skipped, windows per split, frames decoded and written,
     bytes), the wall time and frames/s, plus `output` and `noop` (True when the output already
     held this exact dataset and nothing was done). `init_ray`: how to start or join Ray when
-    there is work to do (default `ray.init()`); everything before it needs no Ray.
+    there is work to do (default `pipeline.cluster.connect()`); everything before it needs no Ray.
     """
     config = config or ShardConfig()
     if hasattr(source, "check"):
@@ -59,8 +59,9 @@ def prepare(source, output: str, config: ShardConfig | None = None, *, overwrite
 
     import ray
 
-    if not ray.is_initialized():
-        (init_ray or ray.init)()
+    from pipeline.cluster import connect
+
+    (init_ray or connect)()
     t0 = time.perf_counter() - listing  # the run's time, without Ray's start-up
     from pipeline.sink import ShardDatasink
 

@@ -56,7 +56,8 @@ def _local_checkpoint(run_uri: str, tmp: str) -> str:
 def run_ablation(cfg: LMCConfig, *, data: str, storage: str, name: str = "ablation",
                  designs=tuple(DESIGNS), seeds=None, last: int = 10,
                  eval_windows: int | None = None, batch_size: int = 8, timing_repeats: int = 10,
-                 run_settings: dict | None = None, log=print) -> list[dict]:
+                 run_settings: dict | None = None, address: str | None = None,
+                 log=print) -> list[dict]:
     """Train ``cfg`` once per query design (runs ``<storage>/<name>-<design>``), or once per
     design and seed (``seeds``: runs ``<name>-<design>-s<seed>``, config field ``seed``), evaluate
     the final checkpoints on the last ``last`` future frames, and return one row per run:
@@ -86,7 +87,7 @@ def run_ablation(cfg: LMCConfig, *, data: str, storage: str, name: str = "ablati
         if log:
             log(f"== {DESIGNS[d]} (query={d}, seed {configs[d, seed].seed}): "
                 f"{configs[d, seed].iterations} iterations ==")
-        metrics = train(configs[d, seed], settings[d, seed], verbose=bool(log))
+        metrics = train(configs[d, seed], settings[d, seed], address=address, verbose=bool(log))
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = _local_checkpoint(metrics["run"], tmp)
             rep = evaluate(ckpt, data, protocols=[protocol], batch_size=batch_size,

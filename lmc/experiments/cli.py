@@ -17,6 +17,7 @@ def tune(argv=None, *, default_preset: str, default_long_len: tuple, doc: str) -
     p.add_argument("--data", required=True, help="shard folder (or s3://...)")
     p.add_argument("--storage", required=True, help="storage root (path or s3://...), as for training")
     p.add_argument("--name", default="sweep", help="the sweep lives in <storage>/<name>/")
+    p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else an embedded Ray)")
     add_config_flags(p, default_preset=default_preset, skip=SWEPT)
     g = p.add_argument_group("the search space")
     g.add_argument("--memory-slots", type=int, nargs="+", default=[25, 50, 100, 200],
@@ -49,7 +50,7 @@ def tune(argv=None, *, default_preset: str, default_long_len: tuple, doc: str) -
         max_concurrent_trials=a.max_concurrent_trials, metric=a.metric,
         eval_every=a.eval_every, eval_windows=a.eval_windows, grace_period=a.grace_period,
         reduction_factor=a.reduction_factor, trial_retries=a.trial_retries)
-    return sweep(cfg, space, settings)
+    return sweep(cfg, space, settings, address=a.address)
 
 
 def ablation(argv=None, *, doc: str) -> list[dict]:
@@ -61,6 +62,7 @@ def ablation(argv=None, *, doc: str) -> list[dict]:
     p.add_argument("--storage", required=True, help="run storage root (path or s3://...)")
     p.add_argument("--name", default="ablation",
                    help="runs are <storage>/<name>-<design> (-s<seed> with --seeds)")
+    p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else an embedded Ray)")
     add_config_flags(p, default_preset="paper-kth", skip=("query",))
     p.add_argument("--designs", nargs="+", default=list(DESIGNS), choices=list(DESIGNS))
     p.add_argument("--seeds", nargs="+", type=int,
@@ -78,7 +80,8 @@ def ablation(argv=None, *, doc: str) -> list[dict]:
         settings["checkpoint_every"] = a.checkpoint_every
     rows = run_ablation(cfg, data=a.data, storage=a.storage, name=a.name, designs=a.designs,
                         seeds=a.seeds, eval_windows=a.eval_windows,
-                        timing_repeats=a.timing_repeats, run_settings=settings)
+                        timing_repeats=a.timing_repeats, run_settings=settings,
+                        address=a.address)
     print(format_table(rows))
     if a.output:
         write_table(rows, a.output)

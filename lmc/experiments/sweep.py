@@ -191,13 +191,15 @@ def _search_space(combos: list[dict], space: SweepSpace):
     return {"combo": tune.grid_search(combos), "lr": lr}
 
 
-def sweep(base: LMCConfig, space: SweepSpace, settings: SweepSettings, *, log=print) -> dict:
+def sweep(base: LMCConfig, space: SweepSpace, settings: SweepSettings, *,
+          address: str | None = None, log=print) -> dict:
     """Run the sweep; returns {"trials": rows sorted by the metric, "best": row, "best_config":
     path, "results": path, "plot": path, "metric", "rejected": [...]}.
 
     Raises ``SweepSpaceError`` (no valid combination) and the driver's data/storage errors
     before any trial starts."""
     from pipeline import DatasetFacts
+    from pipeline.cluster import connect
     from pipeline.storage import s3_environment
 
     from ..metrics import lpips_status
@@ -230,8 +232,7 @@ def sweep(base: LMCConfig, space: SweepSpace, settings: SweepSettings, *, log=pr
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    if not ray.is_initialized():
-        ray.init(configure_logging=False)
+    connect(address, configure_logging=False)
     concurrent = settings.max_concurrent_trials or max_concurrent(
         ray.cluster_resources(), settings.num_workers, settings.cpus_per_worker,
         settings.use_gpu)

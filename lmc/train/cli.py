@@ -12,6 +12,7 @@ import os
 
 from ..cli import add_config_flags, config_from_args
 from ..config import LMCConfig
+from .run import PLACEMENT_STRATEGIES, RunSettings
 
 DATASETS = {  # dataset -> paper preset
     "kth": "paper-kth", "mmnist": "paper-mmnist", "h36m": "paper-h36m"}
@@ -32,9 +33,14 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
     p.add_argument("--data", help="clip-pair shards (path or s3://) from jobs/prepare_*.py")
     p.add_argument("--storage", default="runs", help="run storage root (path or s3://)")
     p.add_argument("--name", help="run name; the same name resumes (default: <dataset>-<preset>)")
+    p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, as under "
+                                     "`ray job submit`, else an embedded Ray)")
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--gpus", action="store_true", help="one GPU per worker (NCCL)")
     p.add_argument("--cpus-per-worker", type=float, default=1.0)
+    p.add_argument("--placement-strategy", choices=PLACEMENT_STRATEGIES, default="PACK",
+                   help="where the workers go: PACK (few nodes), SPREAD (many), STRICT_SPREAD "
+                        "(one node each), STRICT_PACK (one node)")
     add_config_flags(p, default_preset=None, preset_help=(
         f"{DATASETS[dataset]}; " + (f"{DEMO[dataset][0]} at 32x32 without --data" if dataset in DEMO
                                     else "")).rstrip("; "))
@@ -88,7 +94,6 @@ def demo_data(dataset: str, cfg: LMCConfig, cache: str = CACHE) -> str:
 def run(dataset: str, argv=None) -> dict:
     """Parse, validate, train; returns metrics.json. Bad input raises (the job prints it)."""
     from .driver import train
-    from .run import RunSettings
 
     args = build_parser(dataset).parse_args(argv)
     cfg = model_config(args, dataset)
@@ -97,6 +102,7 @@ def run(dataset: str, argv=None) -> dict:
         name=args.name or (f"{dataset}-{args.preset}" if args.preset else
                            f"{dataset}-{DATASETS[dataset]}" if args.data else f"{dataset}-demo"),
         num_workers=args.num_workers, use_gpu=args.gpus, cpus_per_worker=args.cpus_per_worker,
+        placement_strategy=args.placement_strategy,
         checkpoint_every=args.checkpoint_every, eval_every=args.eval_every,
         eval_windows=args.eval_windows, test_windows=args.test_windows, protocol=args.protocol,
         max_failures=args.max_failures, num_to_keep=args.keep_checkpoints,
@@ -104,11 +110,10 @@ def run(dataset: str, argv=None) -> dict:
     if args.data is None:
         import dataclasses
 
-        import ray
-        if not ray.is_initialized():
-            ray.init(configure_logging=False)
+        from pipeline.cluster import connect
+        connect(args.address, configure_logging=False)
         settings = dataclasses.replace(settings, data=demo_data(dataset, cfg))
-    metrics = train(cfg, settings)
+    metrics = train(cfg, settings, address=args.address)
     if args.data is None:
         model = metrics["test"]["mean"]
         if not all(model["mse"] < rep["mean"]["mse"] and model["psnr"] > rep["mean"]["psnr"]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from dataclasses import dataclass
 
 import torch
@@ -116,14 +117,15 @@ def validate(cfg: LMCConfig, s: RunSettings) -> Plan:
 
 
 def train(cfg: LMCConfig, settings: RunSettings, *, hooks=(), callbacks: list | None = None,
-          verbose: bool = True) -> dict:
+          address: str | None = None, verbose: bool = True) -> dict:
     """Validate, then run Algorithm 1 on a Ray Train ``TorchTrainer``; returns metrics.json.
 
     ``hooks``: ``lmc.train.hooks`` objects the workers call (fault injection, tracing).
     ``callbacks``: Ray Train callbacks for the ``RunConfig`` (Ray Tune passes its
     ``TuneReportCallback`` so each trial is one such run).
 
-    Connects to the cluster in RAY_ADDRESS (as under ``ray job submit``) or starts a local one.
+    Joins the cluster at ``address`` or in RAY_ADDRESS (as under ``ray job submit``), else
+    starts an embedded Ray (``pipeline.cluster.connect``).
     Raises ``ConfigError``, ``DataError``, ``StorageError`` or ``CheckpointError`` before any Ray
     work, ``NonFiniteLossError`` when a loss is NaN/inf, ``RuntimeError`` when workers keep failing.
     """
@@ -141,18 +143,22 @@ def train(cfg: LMCConfig, settings: RunSettings, *, hooks=(), callbacks: list | 
 
     from .trainer import train_loop_per_worker
 
-    if not ray.is_initialized():
-        ray.init(configure_logging=False)
+    from pipeline.cluster import connect
+
+    connect(address, configure_logging=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
+    per_worker = {"CPU": _cpus_per_worker(settings, verbose), **({"GPU": 1} if settings.use_gpu else {})}
+    check_placement(settings, per_worker, _alive_nodes(), autoscaling=_has_autoscaler(),
+                    log=print if verbose else None)
     storage = storage_location(settings.storage)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"model": cfg, "settings": settings, "protocol": plan.protocol,
                            "run_uri": plan.run_uri, "hooks": list(hooks),
-                           "s3_env": s3_env(settings)},
+                           "submission": uuid.uuid4().hex, "s3_env": s3_env(settings)},
         scaling_config=ScalingConfig(
             num_workers=settings.num_workers, use_gpu=settings.use_gpu,
-            resources_per_worker={"CPU": _cpus_per_worker(settings, verbose)}),
+            resources_per_worker=per_worker, placement_strategy=settings.placement_strategy),
         run_config=RunConfig(
             name=settings.name, storage_path=storage.root,
             storage_filesystem=None if storage.is_local else storage.fs,
@@ -200,6 +206,65 @@ def _cpus_per_worker(s: RunSettings, verbose: bool) -> float:
         print(f"reserving {cpw:.2f} CPU per worker (not {s.cpus_per_worker}) so that Ray Data "
               f"keeps 1 of the cluster's {total:g} CPUs for reading shards")
     return cpw
+
+
+def check_placement(s: RunSettings, per_worker: dict, nodes: list[dict], *,
+                    autoscaling: bool = False, log=print) -> None:
+    """Fail early, naming the flag, the request and what the cluster has, when the workers'
+    placement group can never be placed on these ``nodes`` (each {"id", "resources"}); with
+    an autoscaler that may add nodes, only say what the run will wait for."""
+    def fits(res: dict, k: int = 1) -> bool:
+        return all(res.get(r, 0) >= k * v - 1e-9 for r, v in per_worker.items())
+
+    def fmt(res: dict) -> str:
+        return ", ".join(f"{r} {res.get(r, 0):g}" for r in per_worker)
+
+    want = f"{s.num_workers} worker(s) of {fmt(per_worker)}"
+    holders = [n for n in nodes if fits(n["resources"])]
+    problem = None
+    if not holders:
+        problem = (f"no node can hold one worker ({fmt(per_worker)}; --cpus-per-worker / "
+                   "--gpus)")
+    elif s.placement_strategy == "STRICT_SPREAD" and len(holders) < s.num_workers:
+        problem = (f"--placement-strategy STRICT_SPREAD puts each of the {s.num_workers} workers "
+                   f"on its own node, but {len(holders)} node(s) can hold one")
+    elif s.placement_strategy == "STRICT_PACK" and not any(fits(n["resources"], s.num_workers)
+                                                           for n in nodes):
+        problem = (f"--placement-strategy STRICT_PACK puts all {s.num_workers} workers on one "
+                   "node, but no node can hold them all")
+    elif sum(int(min(n["resources"].get(r, 0) / v for r, v in per_worker.items()))
+             for n in nodes) < s.num_workers:
+        problem = f"the cluster cannot hold {want} at once (--num-workers)"
+    if problem is None:
+        return
+    have = "; ".join(f"node {n['id'][:8]}: {fmt(n['resources'])}" for n in nodes) or "no nodes"
+    message = f"{problem}. Requested: {want}; the cluster has {have}"
+    if not autoscaling:
+        raise ValueError(message)
+    if log:
+        log(f"waiting for the autoscaler: {message}")
+
+
+def _alive_nodes() -> list[dict]:
+    import ray
+    return [{"id": n["NodeID"], "resources": n.get("Resources", {})}
+            for n in ray.nodes() if n.get("Alive")]
+
+
+def _has_autoscaler() -> bool:
+    """Whether an autoscaler that can add nodes runs for this cluster. Its monitor publishes a
+    status in the GCS key-value store (what `ray status` reads); a cluster started without an
+    autoscaling config runs a read-only monitor whose node types are the nodes themselves
+    ("node_<id>"). Ray has no public call for this yet."""
+    import json
+    try:
+        from ray._private.ray_constants import DEBUG_AUTOSCALING_STATUS
+        from ray.experimental.internal_kv import _internal_kv_get
+        status = json.loads(_internal_kv_get(DEBUG_AUTOSCALING_STATUS) or b"{}")
+    except Exception:
+        return False
+    types = (status.get("autoscaler_report") or {}).get("node_type_mapping") or {}
+    return any(t != f"node_{node}" for node, t in types.items())
 
 
 def _worker_error(e: BaseException) -> str:

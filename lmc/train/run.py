@@ -18,6 +18,9 @@ from ..config import ConfigError
 METRICS_FILE, ERROR_FILE = "metrics.json", "error.json"
 STRIP_NAME = "prediction"       # prediction.png / prediction.gif: input | truth | prediction
 CHECKPOINT_PREFIX = "checkpoint_"
+# Ray's placement-group strategies: PACK / SPREAD are best effort; STRICT_PACK puts every worker
+# on one node, STRICT_SPREAD each worker on a node of its own.
+PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 
 
 class StorageError(OSError):
@@ -34,6 +37,7 @@ class RunSettings:
     num_workers: int = 2
     use_gpu: bool = False            # NCCL on GPUs, gloo on CPU
     cpus_per_worker: float = 1.0     # CPUs Ray reserves per worker (lowered to leave Ray Data 1)
+    placement_strategy: str = "PACK" # of the workers' placement group (Ray Train's ScalingConfig)
     threads_per_worker: int | None = None  # torch intra-op threads (None: max(1, cpus_per_worker))
     checkpoint_every: int | None = None    # checkpoint (rank 0) every K iterations and at the end
                                            # (None: a third of the run, at most 1000)
@@ -68,6 +72,8 @@ class RunSettings:
              ">= 0, or -1 for unlimited")
         need(isinstance(self.num_to_keep, int) and self.num_to_keep >= 1, "num_to_keep", ">= 1")
         need(self.autocast in ("none", "bf16"), "autocast", "none | bf16")
+        need(self.placement_strategy in PLACEMENT_STRATEGIES, "placement_strategy",
+             " | ".join(PLACEMENT_STRATEGIES))
 
     # The cadences and the thread count, defaulted in one place.
     def checkpoint_interval(self, iterations: int) -> int:

@@ -40,12 +40,12 @@ def train_loop_per_worker(config: dict) -> None:
     """Ray Train's entry point: ``config`` is the driver's ``train_loop_config``."""
     os.environ.update(config["s3_env"])    # before any s3:// access on this worker
     Trainer(config["model"], config["settings"], config["protocol"], config["run_uri"],
-            config["hooks"]).fit()
+            config["hooks"], config["submission"]).fit()
 
 
 class Trainer:
     def __init__(self, cfg: LMCConfig, settings: RunSettings, protocol: Protocol, run_uri: str,
-                 hooks=()):
+                 hooks=(), submission: str = ""):
         import ray.train
         import ray.train.torch
 
@@ -75,14 +75,23 @@ class Trainer:
         self.core = unwrap(model)
         self.align = MemoryAlignment(
             model, autocast_dtype=torch.bfloat16 if settings.autocast == "bf16" else None)
-        self.history, self.val_history, self.starts = [], [], []
+        self.history, self.val_history, self.attempts = [], [], []
         if state is not None:
             self.align.load_state_dict(state["alignment"])
             set_rng_state(state["rng"])
             self.history, self.val_history = state["history"], state["validation"]
-            self.starts = state["starts"]
+            self.attempts = state.get("attempts") or [   # checkpoints before 0.2 kept starts only
+                {"iteration": i, "submission": None} for i in state.get("starts", [])]
         self.start = self.align.iteration
-        self.starts = self.starts + [self.start]
+        # Where this attempt runs and why it started: a new run, the same run submitted again,
+        # or Ray Train restarting the worker group after a failure (same submission).
+        self.workers = _gather_workers(self.rank, self.world)
+        self.attempts = self.attempts + [{
+            "iteration": self.start, "submission": submission, "started_at": time.time(),
+            "first_step_at": None, "workers": self.workers,
+            "cause": ("new run" if not self.attempts else
+                      "restart after a failure" if self.attempts[-1]["submission"] == submission
+                      else "resubmitted")}]
 
         self.log_every = settings.log_interval(cfg.iterations)
         self.eval_every = settings.eval_interval(cfg.iterations)
@@ -140,6 +149,8 @@ class Trainer:
         losses = self.align.step(window)              # r drawn by the alignment's generator
         self._steps += 1
         done = self.align.iteration
+        if done == self.start + 1:
+            self.attempts[-1]["first_step_at"] = time.time()
         if done % self.log_every == 0 or done == self.cfg.iterations or done == self.start + 1:
             self.history.append({"iteration": done, **losses})
             if self.tensorboard:
@@ -177,8 +188,9 @@ class Trainer:
     def finish(self) -> None:
         """Rank 0: the test evaluation under the protocol, metrics.json and the pictures."""
         scored = self.score(self.s.test_windows)
-        metrics = {"run": self.run.uri, "iterations": self.align.iteration, "starts": self.starts,
-                   "world_size": self.world, "config": self.cfg.to_dict(),
+        metrics = {"run": self.run.uri, "iterations": self.align.iteration,
+                   "starts": [a["iteration"] for a in self.attempts], "attempts": self.attempts,
+                   "workers": self.workers, "world_size": self.world, "config": self.cfg.to_dict(),
                    "protocol": self.protocol.name, **scored, "loss_history": self.history,
                    "validation_history": self.val_history, "last_report": self.last_report}
         if self.s.artifacts:
@@ -209,7 +221,7 @@ class Trainer:
 
     def _train_state(self) -> dict:
         return {"alignment": self.align.state_dict(), "rng": rng_state(),
-                "history": self.history, "validation": self.val_history, "starts": self.starts}
+                "history": self.history, "validation": self.val_history, "attempts": self.attempts}
 
     def _reset_throughput(self) -> None:
         self._t0, self._wait, self._steps = time.perf_counter(), 0.0, 0
@@ -218,6 +230,21 @@ class Trainer:
         elapsed = time.perf_counter() - self._t0
         return {"samples_per_s": self._steps * self.cfg.batch_size / elapsed,
                 "data_wait_fraction": self._wait / elapsed}
+
+
+def _gather_workers(rank: int, world: int) -> list[dict]:
+    """[{"rank", "node_id", "hostname"}] of every worker, on every rank (a gloo/NCCL gather)."""
+    import socket
+
+    import ray
+
+    me = {"rank": rank, "node_id": ray.get_runtime_context().get_node_id(),
+          "hostname": socket.gethostname()}
+    if world == 1:
+        return [me]
+    everyone = [None] * world
+    torch.distributed.all_gather_object(everyone, me)
+    return sorted(everyone, key=lambda w: w["rank"])
 
 
 @torch.no_grad()

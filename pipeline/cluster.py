@@ -1,0 +1,56 @@
+"""Which Ray cluster a job runs on: the one at ``address`` (a job's ``--address``) or in
+RAY_ADDRESS (set by ``ray job submit``), else a fresh embedded Ray in this process.
+
+Never Ray's own fallback of "the last cluster ``ray start`` made on this machine": after a head
+died uncleanly its address file stays behind and ``ray.init()`` would wait on it for minutes.
+A given address is probed first, so a dead one fails in seconds, naming the address and the fix.
+Joining a cluster ships this checkout's packages (``pipeline`` and, when present, ``lmc``) to
+its workers, which may live on machines that do not have them (``ray job submit
+--working-dir`` ships them too; the two merge).
+"""
+from __future__ import annotations
+
+import os
+import socket
+
+PROBE_TIMEOUT_S = 5.0
+
+
+def cluster_address(address: str | None = None) -> str | None:
+    """The address a job joins: ``address``, else RAY_ADDRESS, else None (embedded Ray)."""
+    return address or os.environ.get("RAY_ADDRESS") or None
+
+
+def probe(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
+    """Raise ConnectionError within ``timeout_s`` unless something listens at host:port."""
+    if "://" in address and not address.startswith("ray://"):
+        return                                  # a dashboard URL: the job client's business
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"Ray address {address!r}: expected host:port (the head's GCS port, "
+                         "e.g. 127.0.0.1:6379) or ray://host:port")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise ConnectionError(
+            f"no Ray cluster answers at {address} ({type(e).__name__}: {e}); start one "
+            "(`ray start --head`), pass the right --address, or unset RAY_ADDRESS to run on an "
+            "embedded Ray") from None
+
+
+def connect(address: str | None = None, **init_kwargs) -> None:
+    """``ray.init`` on the cluster this job should use (see the module docstring); a no-op when
+    Ray is already initialised in this process."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = cluster_address(address)
+    if address is None:
+        ray.init(address="local", **init_kwargs)
+        return
+    probe(address)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    modules = [os.path.join(root, p) for p in ("pipeline", "lmc")
+               if os.path.isfile(os.path.join(root, p, "__init__.py"))]
+    ray.init(address=address, runtime_env={"py_modules": modules}, **init_kwargs)
