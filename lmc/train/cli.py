@@ -54,6 +54,9 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
     p.add_argument("--keep-checkpoints", type=int, default=2)
     p.add_argument("--autocast", choices=("none", "bf16"), default="none")
     p.add_argument("--compile", action="store_true", help="torch.compile (GPU)")
+    p.add_argument("--trace-parameters", metavar="DIR",
+                   help="debugging: each rank writes hashes of its parameters after every "
+                        "optimizer step to DIR/rank<r>-start<i>.json (DDP replicas must agree)")
     return p
 
 
@@ -113,7 +116,9 @@ def run(dataset: str, argv=None) -> dict:
         from pipeline.cluster import connect
         connect(args.address, configure_logging=False)
         settings = dataclasses.replace(settings, data=demo_data(dataset, cfg))
-    metrics = train(cfg, settings, address=args.address)
+    from .hooks import TraceParameters
+    hooks = [TraceParameters(args.trace_parameters)] if args.trace_parameters else []
+    metrics = train(cfg, settings, hooks=hooks, address=args.address)
     if args.data is None:
         model = metrics["test"]["mean"]
         if not all(model["mse"] < rep["mean"]["mse"] and model["psnr"] > rep["mean"]["psnr"]
