@@ -239,6 +239,10 @@ def test_the_autoscaling_twin_adds_a_worker_node_for_training_and_removes_it(
     config = yaml.safe_load(open(os.path.join(ROOT, "cluster-local.yaml")))
     cluster = LocalCluster()
     cluster.env["RAY_FAKE_CLUSTER"] = "1"
+    # The provider starts its nodes without an IP address, so they would take the machine's
+    # outward one; this makes every process of this cluster use 127.0.0.1 (Ray's switch for
+    # single-machine clusters; the fake nodes are started by the head, not by `ray start`).
+    cluster.env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     config["provider"]["gcs_address"] = cluster.address
     path = tmp_path / "cluster-local.yaml"
     path.write_text(yaml.safe_dump(config))
