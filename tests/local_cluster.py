@@ -28,10 +28,12 @@ class LocalCluster:
     ``kill(node_id)``, ``node_ids()``, ``shutdown()``. ``url`` is the job server's address,
     ``address`` the GCS address (host:port) workers and drivers join."""
 
-    def __init__(self, env: dict | None = None):
+    def __init__(self, env: dict | None = None, auth_mode: str = "disabled"):
         env = dict(env if env is not None else os.environ)
         env.pop("RAY_ADDRESS", None)
-        env.setdefault("RAY_AUTH_MODE", "disabled")
+        # explicit: a `ray.init` in this process sets RAY_AUTH_MODE in its environment; "token"
+        # needs RAY_AUTH_TOKEN in ``env``
+        env["RAY_AUTH_MODE"] = auth_mode
         env["RAY_USAGE_STATS_ENABLED"] = "0"
         self.env = env
         # short: Ray's socket paths must stay under the 107-byte limit
