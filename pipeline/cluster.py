@@ -4,9 +4,9 @@ RAY_ADDRESS (set by ``ray job submit``), else a fresh embedded Ray in this proce
 Never Ray's own fallback of "the last cluster ``ray start`` made on this machine": after a head
 died uncleanly its address file stays behind and ``ray.init()`` would wait on it for minutes.
 A given address is probed first, so a dead one fails in seconds, naming the address and the fix.
-Joining a cluster ships this checkout's packages (``pipeline`` and, when present, ``lmc``) to
-its workers, which may live on machines that do not have them (``ray job submit
---working-dir`` ships them too; the two merge).
+Joining a cluster from a checkout ships this checkout's packages (``pipeline`` and, when present,
+``lmc``) to its workers, which may live on machines that do not have them; a driver started by
+``ray job submit --working-dir`` has them in its working dir already.
 """
 from __future__ import annotations
 
@@ -50,6 +50,9 @@ def connect(address: str | None = None, **init_kwargs) -> None:
         ray.init(address="local", **init_kwargs)
         return
     probe(address)
+    if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):    # a `ray job submit` driver: its
+        ray.init(address=address, **init_kwargs)          # working_dir already ships the code
+        return
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     modules = [os.path.join(root, p) for p in ("pipeline", "lmc")
                if os.path.isfile(os.path.join(root, p, "__init__.py"))]

@@ -60,11 +60,10 @@ def prepare(source, output: str, config: ShardConfig | None = None, *, overwrite
     import ray
 
     from pipeline.cluster import connect
-
+    from pipeline.sink import ShardDatasink   # before joining: a job driver's copy of the code
+                                              # can be swapped while it connects
     (init_ray or connect)()
     t0 = time.perf_counter() - listing  # the run's time, without Ray's start-up
-    from pipeline.sink import ShardDatasink
-
     if hasattr(source, "digits") and isinstance(source.digits, dict):
         # shipped once, not inside every task; a copy, so the caller's source keeps its arrays
         source = dataclasses.replace(source, digits=ray.put(source.digits))

@@ -34,6 +34,9 @@ class LocalCluster:
         # explicit: a `ray.init` in this process sets RAY_AUTH_MODE in its environment; "token"
         # needs RAY_AUTH_TOKEN in ``env``
         env["RAY_AUTH_MODE"] = auth_mode
+        # a loaded 2-core machine starts a node's agents slowly: give the raylet more than its
+        # default time to see them
+        env.setdefault("RAY_agent_register_timeout_ms", "180000")
         env["RAY_USAGE_STATS_ENABLED"] = "0"
         self.env = env
         # short: Ray's socket paths must stay under the 107-byte limit

@@ -14,6 +14,7 @@
 """
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -26,7 +27,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--preset", "tiny", "--img-size", "32", "--short-len", "9", "--out-len", "3",
         "--long-len", "9", "--memory-slots", "8", "--width", "0.0625", "--batch-size", "4",
         "--eval-windows", "2", "--test-windows", "4"]
-pytestmark = pytest.mark.slow   # clusters of their own and submitted jobs: minutes each
+# Clusters of their own and submitted jobs: minutes each. A Ray instance in the pytest process
+# (the other modules' `ray_session`) keeps `ray start` nodes from joining, so CI runs this
+# module in a pytest process of its own (`-m multinode`; the other lanes deselect it).
+pytestmark = [pytest.mark.slow, pytest.mark.multinode]
 
 
 def _s3_env(s3_server) -> dict:
@@ -82,8 +86,7 @@ def submit(cluster, s3_server, args: list[str], wait: bool = True):
     if wait:
         return out.returncode, out.stdout + out.stderr
     assert out.returncode == 0, out.stdout + out.stderr
-    return next(w for line in out.stdout.splitlines() for w in line.split()
-                if w.startswith("raysubmit_")).strip("'\"")
+    return re.search(r"raysubmit_[A-Za-z0-9]+", out.stdout).group(0)
 
 
 def prepare_args(output: str) -> list[str]:
@@ -95,8 +98,21 @@ def read_json(s3, key: str) -> dict:
     return json.loads(s3.get_object(Bucket="lmc", Key=key)["Body"].read())
 
 
-def test_ddp_across_two_nodes_and_data_preparation_on_both(cluster, s3, s3_server,
-                                                           videos_on_s3, ray_session, tmp_path):
+@pytest.fixture(scope="module")
+def one_node_shards(videos_on_s3, tmp_path_factory):
+    """The videos prepared by the job on an embedded one-node Ray, before any cluster starts
+    (a Ray instance in this test process keeps `ray start` nodes from joining: this module
+    runs in a pytest process of its own, see .ci/run)."""
+    out = str(tmp_path_factory.mktemp("one-node") / "shards")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run([sys.executable, *prepare_args(out)], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return out
+
+
+def test_ddp_across_two_nodes_and_data_preparation_on_both(one_node_shards, cluster, s3,
+                                                           s3_server, tmp_path):
     from ray.util.state import list_tasks
 
     # Ray Data on two nodes, then the same preparation on the session's one-node cluster
@@ -106,11 +122,9 @@ def test_ddp_across_two_nodes_and_data_preparation_on_both(cluster, s3, s3_serve
                        detail=True, raise_on_missing_output=False)
     ran_on = {t.node_id for t in tasks if t.state == "FINISHED" and "Write" in t.name}
     assert ran_on == set(cluster.procs), [(t.name, t.node_id) for t in tasks]
-    from pipeline import KTHSource, ShardConfig, prepare, read_manifest
-    prepare(KTHSource(videos_on_s3), str(tmp_path / "one-node"),
-            ShardConfig(short_len=9, out_len=3, img_size=32, train_stride=2), verbose=False)
+    from pipeline import read_manifest
     two = read_manifest("s3://lmc/mn-shards")
-    one = read_manifest(str(tmp_path / "one-node"))
+    one = read_manifest(one_node_shards)
     assert sorted(s["sha256"] for s in two["shards"]) == sorted(s["sha256"] for s in one["shards"])
     assert two["rows"] == one["rows"] and two["rows"]["train"] > 0
 
@@ -133,7 +147,7 @@ def test_ddp_across_two_nodes_and_data_preparation_on_both(cluster, s3, s3_serve
     rc, log = submit(cluster, s3_server, [
         "jobs/train_kth.py", "--data", "s3://lmc/mn-shards", "--storage", "s3://lmc/mn-runs",
         "--name", "three", "--num-workers", "3", "--placement-strategy", "STRICT_SPREAD",
-        "--iterations", "2", *TINY])
+        "--iterations", "2", *TINY, "--batch-size", "6"])
     assert rc != 0
     assert "--placement-strategy STRICT_SPREAD puts each of the 3 workers on its own node, but " \
            "2 node(s) can hold one" in log, log[-2000:]
