@@ -43,6 +43,7 @@ class LocalCluster:
         self.temp = tempfile.mkdtemp(prefix="lmc-mn-", dir="/tmp")
         self.procs: dict[str, subprocess.Popen] = {}     # node id -> `ray start` process
         self.logs: list[str] = []                        # their output, in start order
+        self.killed: set[str] = set()                    # reported alive until Ray notices
         self.port, self.dash = free_port(), free_port()
         self.address, self.url = f"127.0.0.1:{self.port}", f"http://127.0.0.1:{self.dash}"
 
@@ -102,7 +103,7 @@ class LocalCluster:
         """Wait until one more node is alive; that node is ``proc``'s."""
         deadline = time.time() + timeout_s
         while time.time() < deadline:
-            new = set(self.node_ids()) - set(self.procs)
+            new = set(self.node_ids()) - set(self.procs) - self.killed
             if new:
                 node = new.pop()
                 self.procs[node] = proc
@@ -126,6 +127,7 @@ class LocalCluster:
         """SIGKILL the node's process group (its raylet, object store, worker processes) as a
         lost machine would die; returns the time of the kill."""
         proc = self.procs.pop(node)
+        self.killed.add(node)
         t = time.time()
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
