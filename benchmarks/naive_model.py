@@ -63,8 +63,8 @@ class NaiveLMC(nn.Module):
         n, t_in = short.shape[:2]
         hid = self.cells[0].conv_h.in_channels
         size = self.cfg.img_size // 4
-        h = [torch.zeros(n, hid, size, size) for _ in self.cells]
-        c = [torch.zeros(n, hid, size, size) for _ in self.cells]
+        h = [short.new_zeros(n, hid, size, size) for _ in self.cells]
+        c = [short.new_zeros(n, hid, size, size) for _ in self.cells]
         preds = []
         for t in range(t_in + out_len - 1):
             x = self.spatial_encoder(short[:, t] if t < t_in else preds[-1])

@@ -9,11 +9,20 @@ gradient (``grad is None``), so Adam leaves them bit-identical: no weight decay,
 drift. (The reference, on its pinned PyTorch, zeroed gradients instead of clearing them, so
 Adam's momentum kept moving M in phase 2; the paper says M is frozen, and here it is.)
 
+The guard: a phase whose loss or any gradient is NaN/inf (agreed across DDP ranks) applies no
+update, nor does any later phase of the iteration: fused Adam skips on the device when its
+``found_inf`` flag is set, as under ``torch.amp.GradScaler``. The iteration then stops with
+``NonFiniteLossError`` naming it and the phase, so no non-finite value reaches a weight or a
+checkpoint. The losses and the guard's flags are read back to the host together, once per
+iteration: no ``float(loss)`` or ``.item()`` per phase, so a GPU runs a phase's kernels without
+waiting for the host.
+
 Plain PyTorch, no Ray: the Ray Train driver wraps the model in DDP and calls ``step``.
 """
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 import torch.distributed as dist
@@ -24,7 +33,8 @@ from .model import unwrap
 
 
 class NonFiniteLossError(FloatingPointError):
-    """A NaN/inf loss; raised before the optimizer step so the weights stay as they were."""
+    """A NaN/inf loss or gradient: the phase it happened in (and any later one) applied no
+    update, so every weight is as finite as before. Raised at the end of the iteration."""
 
 
 def prediction_loss(pred, target):
@@ -53,7 +63,9 @@ class MemoryAlignment:
         self.warmup_iterations = self.cfg.warmup_iterations if warmup_iterations is None else warmup_iterations
         self.warmup_out_len = self.cfg.warmup_out_len if warmup_out_len is None else warmup_out_len
         self.autocast_dtype = autocast_dtype
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=self.lr)  # one Adam, all params
+        # One Adam over all parameters; fused, because the fused kernel skips a whole update on
+        # the device when the guard's flag says so (no host sync).
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=self.lr, fused=True)
         self.iteration = 0
         self.generator = torch.Generator().manual_seed(self.cfg.seed if seed is None else seed)
         if core.has_memory:
@@ -86,44 +98,62 @@ class MemoryAlignment:
         else:  # warm-up: the long clip is everything up to the end of the short target
             long = window[:, :need]
 
-        losses = {}
-        if unwrap(self.model).has_memory:
-            losses["loss_phase1"] = self._phase(1, short, long, target, out_len)  # lines 4-10
-            losses["loss_phase2"] = self._phase(2, short, None, target, out_len)  # lines 12-18
-        else:  # w/o-memory baseline: both phases are the same plain prediction step
-            losses["loss_phase1"] = self._phase(1, short, None, target, out_len)
-            losses["loss_phase2"] = self._phase(2, short, None, target, out_len)
+        if not unwrap(self.model).has_memory:   # w/o-memory baseline: two plain prediction steps
+            long = None
+        loss1, bad1 = self._phase(1, short, long, target, out_len)           # lines 4-10
+        loss2, bad2 = self._phase(2, short, None, target, out_len, skip=bad1)  # lines 12-18
+        # The iteration's one host sync: both losses and both guard flags in one read.
+        loss1, loss2, bad1, bad2 = torch.stack([loss1, loss2, bad1, bad2]).tolist()
+        if bad1 or bad2:
+            phase, loss = (1, loss1) if bad1 else (2, loss2)
+            raise NonFiniteLossError(self._stop_message(phase, loss))
         self.iteration += 1
-        return losses
+        return {"loss_phase1": loss1, "loss_phase2": loss2}
 
-    def _phase(self, phase: int, short, long, target, out_len: int) -> float:
+    def _phase(self, phase: int, short, long, target, out_len: int, skip=None):
+        """One optimizer step of Algorithm 1 -> (detached loss, flag), both 0-dim on the device;
+        flag = 1.0 if the loss or a gradient was non-finite. No update is applied when the flag
+        or ``skip`` (an earlier phase's flag) is set."""
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         with self._autocast(short.device):
             pred = self.model(short, long=long, out_len=out_len)
         loss = prediction_loss(pred.float(), target)
-        self._check_finite(loss, phase)
         loss.backward()
         for p in self._frozen[phase]:   # nothing may reach them, whatever wraps the model
             p.grad = None
-        self.optimizer.step()
-        return float(loss.detach())
+        bad = self._non_finite(loss)
+        self.optimizer.found_inf = bad if skip is None else torch.maximum(bad, skip)
+        try:
+            self.optimizer.step()       # a no-op on the device when found_inf is 1
+        finally:
+            del self.optimizer.found_inf
+        return loss.detach(), bad
 
     def _autocast(self, device):
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=device.type, dtype=self.autocast_dtype)
 
-    def _check_finite(self, loss, phase: int) -> None:
-        finite = torch.isfinite(loss.detach()).float()
-        if dist.is_available() and dist.is_initialized():  # every rank stops, none hangs
-            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-        if finite.item() < 1:
-            raise NonFiniteLossError(
-                f"non-finite loss ({float(loss.detach())}) at iteration {self.iteration} in phase "
-                f"{phase} ({'storing' if phase == 1 else 'matching'}); the step was not applied. "
-                "Lower the learning rate, check the input frames are finite floats in [0, 1], "
-                "or resume from the last checkpoint.")
+    def _non_finite(self, loss):
+        """1.0 (a 0-dim float tensor on the loss's device) if the loss or any gradient is NaN/inf
+        on any rank, else 0.0; computed without a host sync."""
+        bad = torch.isfinite(loss.detach()).logical_not().float()
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        # GradScaler's check: sets ``bad`` to 1 if any gradient has a NaN/inf (scale 1: no-op)
+        torch._amp_foreach_non_finite_check_and_unscale_(grads, bad, bad.new_ones(()))
+        if dist.is_available() and dist.is_initialized():  # every rank skips and stops alike
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        return bad
+
+    def _stop_message(self, phase: int, loss: float) -> str:
+        what = f"loss ({loss})" if not math.isfinite(loss) else f"gradient (the loss, {loss:.6g}, is finite)"
+        applied = ("neither phase's update was applied" if phase == 1 else
+                   "phase 1's update was applied, phase 2's was not")
+        return (f"non-finite {what} at iteration {self.iteration} in phase {phase} "
+                f"({'storing' if phase == 1 else 'matching'}); {applied}, so every weight is "
+                "still finite. Lower the learning rate, check the input frames are finite floats "
+                "in [0, 1], or resume from the last checkpoint.")
 
     # -- resumable state --
     def state_dict(self) -> dict:
@@ -131,6 +161,9 @@ class MemoryAlignment:
                 "generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
+        # Checkpoints from before the guard hold a non-fused Adam; the guard needs the fused one.
+        opt = state["optimizer"]
+        self.optimizer.load_state_dict(
+            {**opt, "param_groups": [{**g, "fused": True, "foreach": None} for g in opt["param_groups"]]})
         self.iteration = int(state["iteration"])
         self.generator.set_state(state["generator"])

@@ -75,10 +75,12 @@ class ConvLSTMCell(nn.Module):
     def forward(self, x, h, c):
         gates = F.conv2d(torch.cat([x, h], dim=1), self.weight, self.bias_x + self.bias_h,
                          padding=self.padding)
-        i, g, f, o = gates.chunk(4, dim=1)
+        # The cell state stays fp32 under autocast: over 39 steps c_t = f * c_{t-1} + i * g
+        # adds small terms to a retained sum, which bf16's 8-bit mantissa would round away.
+        i, g, f, o = gates.float().chunk(4, dim=1)
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         h = torch.sigmoid(o) * torch.tanh(c)
-        return h, c
+        return h.to(gates.dtype), c
 
 
 class MotionEncoder(nn.Sequential):
@@ -105,7 +107,11 @@ class MotionEncoder(nn.Sequential):
     def forward(self, clip):
         # clip: (N, T, C, H, W) frames -> difference frames x[t+1] - x[t]
         diff = (clip[:, 1:] - clip[:, :-1]).transpose(1, 2)   # (N, C, T-1, H, W)
-        return super().forward(diff).mean(dim=2)              # (N, c, H/16, W/16)
+        # fp32 on CPU whatever the autocast: oneDNN's bf16 Conv3d weight gradient reads memory
+        # it never wrote when the clip is 2 deep (the last two convs of a 9-12 frame clip), so
+        # those weights got garbage, at times inf/NaN (issue 13; tests/test_numerics.py).
+        with torch.autocast("cpu", enabled=False):
+            return super().forward(diff.float()).mean(dim=2)  # (N, c, H/16, W/16)
 
 
 class LMCMemory(nn.Module):
@@ -121,9 +127,14 @@ class LMCMemory(nn.Module):
         ``trainable=False`` (phase 2) reads a detached M: no gradient reaches it, so it is
         frozen for any optimizer, also under DDP (Algorithm 1, line 18)."""
         slots = self.slots if trainable else self.slots.detach()
-        sim = F.normalize(queries, dim=1) @ F.normalize(slots, dim=1).t()
-        addressing = sim.softmax(dim=1)                       # Eq. (1)
-        return addressing @ slots, addressing
+        # fp32 under autocast: cosines of near-orthogonal 512-d vectors differ in the third
+        # digit, which is all bf16 keeps, and the softmax over slots amplifies the rounding.
+        # (Q x s x c is a tiny matmul, so fp32 costs nothing.)
+        with torch.autocast(queries.device.type, enabled=False):
+            queries, slots = queries.float(), slots.float()
+            sim = F.normalize(queries, dim=1) @ F.normalize(slots, dim=1).t()
+            addressing = sim.softmax(dim=1)                   # Eq. (1)
+            return addressing @ slots, addressing             # Eq. (2)
 
 
 class ContextEmbedding(nn.Sequential):
@@ -173,6 +184,7 @@ class LMCModel(nn.Module):
             self.context_embedding = ContextEmbedding(cfg)
             self.channel_attention = ChannelAttention(cfg)
         self.decoder = FrameDecoder(cfg, in_ch=2 * hid if self.has_memory else hid)
+        self._compiled = None    # (recur, predict_step) once compile_regions has run
 
     # -- memory path (lower path of Fig. 1) --
     def memory_addressing(self, clip, phase: int):
@@ -215,19 +227,42 @@ class LMCModel(nn.Module):
         if self.has_memory:   # computed once per sequence (Algorithm 1, lines 5 and 13)
             f_mem = self.memory_feature(long, 1) if long is not None else self.memory_feature(short, 2)
 
-        # E_sp on all known frames in one batched call: (N*T, C, H, W) -> (N, T, hid, h, w)
-        enc = self.spatial_encoder(short.flatten(0, 1)).unflatten(0, (n, t_in))
-        h = [enc.new_zeros(enc.shape[0], cell.hid, *enc.shape[-2:]) for cell in self.convlstm]
-        c = list(h)
-        preds = []
-        for t in range(t_in + out_len - 1):
-            x = enc[:, t] if t < t_in else self.spatial_encoder(preds[-1])  # no teacher forcing
-            for layer, cell in enumerate(self.convlstm):
-                h[layer], c[layer] = cell(x, h[layer], c[layer])
-                x = h[layer]
-            if t >= t_in - 1:
-                preds.append(self._decode(h[-1], c[-1], f_mem))
+        # E_sp on the known frames but the last in one batched call: (N, T-1, hid, h, w)
+        enc = self.spatial_encoder(short[:, :-1].flatten(0, 1)).unflatten(0, (n, t_in - 1))
+        h = [enc.new_zeros(n, cell.hid, *enc.shape[-2:]) for cell in self.convlstm]
+        c = [torch.zeros_like(z, dtype=torch.float32) for z in h]   # fp32 cell state
+        recur, predict = self._compiled or (self.recur, self.predict_step)
+        for t in range(t_in - 1):
+            h, c = recur(enc[:, t], h, c)
+        frame, preds = short[:, -1], []
+        for _ in range(out_len):              # the last known frame, then each prediction fed
+            frame, h, c = predict(frame, h, c, f_mem)   # back (no teacher forcing)
+            preds.append(frame)
         return torch.stack(preds, dim=1)                          # (N, out_len, C, H, W)
+
+    # -- one timestep: the regions compile_regions compiles (same code at every t) --
+    def recur(self, x, h, c):
+        """The ConvLSTM stack on one encoded frame x (N, hid, h, w): per-layer (h, c) -> new."""
+        h, c = list(h), list(c)
+        for layer, cell in enumerate(self.convlstm):
+            h[layer], c[layer] = cell(x, h[layer], c[layer])
+            x = h[layer]
+        return h, c
+
+    def predict_step(self, frame, h, c, f_mem):
+        """frame (N, C, H, W) -> E_sp -> ConvLSTM -> D([H_t; A_t * F~mem]): (next frame, h, c)."""
+        h, c = self.recur(self.spatial_encoder(frame), h, c)
+        return self._decode(h[-1], c[-1], f_mem), h, c
+
+    def compile_regions(self, **compile_kwargs) -> "LMCModel":
+        """Regional compilation: ``torch.compile`` the per-timestep work (``recur`` and
+        ``predict_step``) instead of the unrolled rollout. The 39 steps of a rollout reuse two
+        small graphs, so compiling costs the same at any horizon; the memory path and the
+        batched E_sp run once per sequence and stay eager. ``compile_problem`` says beforehand
+        where this cannot work."""
+        self._compiled = (torch.compile(self.recur, **compile_kwargs),
+                          torch.compile(self.predict_step, **compile_kwargs))
+        return self
 
     def _decode(self, h_top, c_top, f_mem):
         if f_mem is None:

@@ -1,6 +1,14 @@
-"""Shared fixtures: one local Ray session for the whole test run (2 CPUs, loopback only)."""
+"""Shared fixtures: one local Ray session for the whole test run (2 CPUs, loopback only), the
+small shard datasets that several modules train or evaluate on (each prepared once per
+session), and a loader for the `jobs/*.py` entry points.
+
+Lanes: `python -m pytest -q` runs the fast tests (pyproject's addopts deselect `slow`);
+`python -m pytest -q -m slow` runs the slow ones (an explicit -m replaces the default one).
+"""
+import importlib.util
 import os
 import socket
+import sys
 
 import pytest
 
@@ -9,23 +17,85 @@ os.environ.pop("RAY_ADDRESS", None)
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "0")
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 
 @pytest.fixture(scope="session")
 def ray_session():
     """A real local Ray cluster shared by every test that needs one."""
     import ray
 
-    if not ray.is_initialized():
-        ray.init(
-            num_cpus=2,
-            _node_ip_address="127.0.0.1",
-            include_dashboard=False,
-            log_to_driver=False,
-            configure_logging=False,
-        )
+    for attempt in range(3):
+        if ray.is_initialized():
+            break
+        try:
+            ray.init(
+                num_cpus=2,
+                _node_ip_address="127.0.0.1",
+                include_dashboard=False,
+                log_to_driver=False,
+                configure_logging=False,
+            )
+        except Exception as e:
+            # Ray gives the raylet a fixed 30 s to register; a loaded machine can miss that
+            if "timed out during startup" not in str(e) or attempt == 2:
+                raise
+            ray.shutdown()
     yield ray
     ray.shutdown()
 
+
+# -- shard datasets shared by several modules (one preparation each per session) ---------------
+
+@pytest.fixture(scope="session")
+def kth_train_shards(ray_session, tmp_path_factory):
+    """KTH-like walking/boxing videos (60 frames, 2 per action: person 1 train, 17 test) ->
+    32x32 shards of 9 + 3 frames, train stride 2: test_train's SHORT, OUT, IMG (its CFG trains
+    on them; test_train_jobs, test_ablation and test_train_s3 too)."""
+    from pipeline import KTHSource, ShardConfig, prepare, write_kth_like
+
+    root = tmp_path_factory.mktemp("kth-train-data")
+    write_kth_like(str(root / "avi"), per_action=2, actions=("walking", "boxing"), num_frames=60)
+    out = str(root / "shards")
+    prepare(KTHSource(str(root / "avi")), out,
+            ShardConfig(short_len=9, out_len=3, img_size=32, train_stride=2), verbose=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def mmnist_shards(ray_session, tmp_path_factory):
+    """Moving-MNIST 32x32: 16 train windows of 10 + 4 frames, 12 test windows of 10 + 6
+    (test_evaluate scores them, test_tune sweeps on them)."""
+    import pipeline
+
+    out = tmp_path_factory.mktemp("mmnist-data") / "mm32"
+    pipeline.prepare(pipeline.MovingMNISTSource(train_sequences=16, test_sequences=12, chunk=8),
+                     str(out), pipeline.ShardConfig(img_size=32, short_len=10, out_len=4,
+                                                    test_out_len=6), verbose=False)
+    return str(out)
+
+
+# -- the jobs ------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def load_job():
+    """``load_job("evaluate")`` -> the module of jobs/evaluate.py, imported as `python jobs/x.py`
+    would run it (jobs/ on sys.path for its `import _job`), without running ``main``."""
+    jobs = os.path.join(ROOT, "jobs")
+    if jobs not in sys.path:
+        sys.path.insert(0, jobs)
+
+    def load(name: str):
+        path = os.path.join(jobs, name + ".py")
+        spec = importlib.util.spec_from_file_location(f"job_{name}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
+
+
+# -- S3 ------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="session")
 def s3_server():

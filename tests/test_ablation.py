@@ -1,8 +1,8 @@
 """Table 4 runner: designs and data checked before any training; the table's layout."""
 import pytest
 
-from lmc.ablation import DESIGNS, format_table, run_ablation
-from test_train import shards  # noqa: F401  (module fixture)
+from lmc.experiments.ablation import DESIGNS, format_table, run_ablation
+from pipeline import DataError
 
 
 def test_unknown_design_and_mismatched_data_fail_before_training(tmp_path, monkeypatch):
@@ -12,8 +12,31 @@ def test_unknown_design_and_mismatched_data_fail_before_training(tmp_path, monke
     cfg = lmc.preset("tiny")
     with pytest.raises(ValueError, match="unknown design"):
         run_ablation(cfg, data=str(tmp_path), storage=str(tmp_path), designs=("local", "lstm"))
-    with pytest.raises(FileNotFoundError, match="manifest"):
+    with pytest.raises(DataError, match="no manifest.json"):
         run_ablation(cfg, data=str(tmp_path / "nothing"), storage=str(tmp_path), log=None)
+
+
+def test_ablation_job_takes_one_flag_per_config_field(load_job, monkeypatch, capsys):
+    """jobs/ablation.py: config fields by their own flags (query is the ablation's to vary),
+    the designs and seeds, and the run settings passed on to every run."""
+    import lmc
+    import lmc.experiments.ablation
+
+    calls = []
+    monkeypatch.setattr(lmc.experiments.ablation, "run_ablation",
+                        lambda cfg, **kw: calls.append((cfg, kw)) or [])
+    job = load_job("ablation")
+    job.main(["--data", "d", "--storage", "s", "--preset", "tiny", "--iterations", "2",
+              "--img-size", "32", "--memory-slots", "8", "--lr", "1e-3", "--designs", "none",
+              "local", "--seeds", "1", "2", "--checkpoint-every", "2", "--num-workers", "1"])
+    [(cfg, kw)] = calls
+    assert cfg == lmc.preset("tiny", iterations=2, img_size=32, memory_slots=8, lr=1e-3)
+    assert (kw["data"], kw["storage"], kw["designs"], kw["seeds"]) == ("d", "s", ["none", "local"],
+                                                                        [1, 2])
+    assert kw["run_settings"] == {"num_workers": 1, "use_gpu": False, "checkpoint_every": 2}
+    with pytest.raises(SystemExit):
+        job.main(["--data", "d", "--storage", "s", "--query", "none"])
+    assert "--query" in capsys.readouterr().err
 
 
 def test_table_has_one_row_per_design():
@@ -29,13 +52,15 @@ def test_table_has_one_row_per_design():
 
 
 @pytest.mark.slow  # three single-worker runs: ~60 s on 2 cores
-def test_three_designs_train_the_same_budget_and_score_the_last_frames(shards, tmp_path):
+def test_three_designs_train_the_same_budget_and_score_the_last_frames(kth_train_shards,
+                                                                       tmp_path):
     import dataclasses
     import json
 
     from pipeline import read_manifest
     from test_train import CFG, OUT, SHORT
 
+    shards = kth_train_shards
     rows = run_ablation(dataclasses.replace(CFG, iterations=2), data=shards,
                         storage=str(tmp_path), name="t4", timing_repeats=1, log=None,
                         run_settings=dict(num_workers=1, checkpoint_every=2, eval_windows=2,

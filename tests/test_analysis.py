@@ -1,21 +1,17 @@
 """Memory analysis (Figure 7): known answers on constructed cases, files and shapes on real shards."""
 import csv
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn as nn
 
 import lmc
-from lmc.analysis import (analyze_memory, class_order, cosine_similarity_matrix, memory_report,
-                          reduce_addressing, similarity_by_class, slot_usage)
 from lmc.checkpoint import save_checkpoint
-from lmc.evaluate import DataMismatchError
-
-ROOT = Path(__file__).resolve().parents[1]
+from lmc.tools.analysis import (analyze_memory, class_order, cosine_similarity_matrix,
+                                memory_report, reduce_addressing, similarity_by_class, slot_usage)
+from pipeline import DataError
 P = 1 / (1 + math.exp(-2))          # softmax([1, -1])[0]: a query equal to slot 0 = -slot 1
 ACROSS = 2 * P * (1 - P) / (P * P + (1 - P) ** 2)   # cos([p, 1-p], [1-p, p])
 
@@ -135,13 +131,11 @@ def kth_shards(ray_session, tmp_path_factory):
     return str(root / "shards")
 
 
-def test_analyze_memory_on_labelled_shards(kth_shards, tmp_path):
+def test_analyze_memory_on_labelled_shards(kth_shards, tmp_path, load_job):
     torch.manual_seed(0)
     cfg = small_cfg()
     save_checkpoint(tmp_path / "ck", lmc.LMCModel(cfg), cfg)
-    spec = importlib.util.spec_from_file_location("job", ROOT / "jobs" / "analyze_memory.py")
-    job = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(job)
+    job = load_job("analyze_memory")
     job.main(["--checkpoint", str(tmp_path / "ck"), "--data", kth_shards, "--output",
               str(tmp_path / "fig7"), "--max-per-class", "2", "--device", "cpu"])
     s = json.loads((tmp_path / "fig7" / "summary.json").read_text())
@@ -164,5 +158,6 @@ def test_analysis_errors(kth_shards, tmp_path):
         analyze_memory(tmp_path / "none", kth_shards, tmp_path / "o", log=None)
     cfg = small_cfg(long_len=14)          # 14 > 16 - 4: the long clip from frame 4 overruns
     save_checkpoint(tmp_path / "long", lmc.LMCModel(cfg), cfg)
-    with pytest.raises(DataMismatchError, match="needs test windows of 18 frames .* has 16"):
+    with pytest.raises(DataError, match=r"test windows: the shards hold 16 frames, the long clip "
+                                        r"from frame 4 \(long_len 14\) needs 18"):
         analyze_memory(tmp_path / "long", kth_shards, tmp_path / "o", long_start=4, log=None)

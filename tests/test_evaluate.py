@@ -1,6 +1,5 @@
 """Evaluation: numbers equal the metrics module's on the same predictions; mismatches fail early."""
 import csv
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -10,10 +9,11 @@ import torch
 
 import lmc
 from lmc.checkpoint import save_checkpoint
-from lmc.evaluate import (DataMismatchError, evaluate, last_n_protocol, resolve_protocol,
-                          time_inference)
+from lmc.protocols import get_protocol, last_n_protocol
+from lmc.scoring import time_inference
+from lmc.tools.evaluate import evaluate
+from pipeline import DataError
 
-ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(img_size=32, short_len=10, long_len=12, out_len=4, width=0.0625, memory_slots=8,
              convlstm_layers=2, warmup_iterations=0)
 
@@ -22,16 +22,11 @@ def small_cfg(**kw):
     return lmc.preset("tiny", **{**SMALL, **kw})
 
 
-@pytest.fixture(scope="module")
-def shards(ray_session, tmp_path_factory):
-    """12 Moving-MNIST test windows of 10 + 6 frames at 32x32 (real pipeline shards)."""
-    import pipeline
-
-    out = tmp_path_factory.mktemp("eval") / "mm32"
-    pipeline.prepare(pipeline.MovingMNISTSource(train_sequences=4, test_sequences=12, chunk=6),
-                     str(out), pipeline.ShardConfig(img_size=32, short_len=10, out_len=4,
-                                                    test_out_len=6), verbose=False)
-    return str(out)
+@pytest.fixture
+def shards(mmnist_shards):
+    """The session's Moving-MNIST shards (conftest): 12 test windows of 10 + 6 frames at 32x32
+    (real pipeline shards)."""
+    return mmnist_shards
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +34,7 @@ def checkpoint(tmp_path_factory):
     torch.manual_seed(0)
     cfg = small_cfg()
     model = lmc.LMCModel(cfg)
-    with torch.no_grad():   # a non-trivial model: memory slots and decoder biases moved
+    with torch.no_grad():   # not the init's output: the last decoder conv's bias set to 0.3
         model.decoder[-2].bias.fill_(0.3)
     path = tmp_path_factory.mktemp("ckpt") / "ck"
     save_checkpoint(path, model, cfg)
@@ -47,7 +42,8 @@ def checkpoint(tmp_path_factory):
 
 
 def direct_metrics(model, data, short_len, out_len):
-    """frame_metrics over every test window, computed here without lmc.evaluate."""
+    """frame_metrics over every test window, computed here without lmc.tools.evaluate and
+    lmc.scoring."""
     import pipeline
 
     per = []
@@ -114,8 +110,11 @@ def test_default_protocol_is_the_datas_window(shards, checkpoint):
 
 
 @pytest.mark.parametrize("change, match", [
-    (dict(img_size=64), r"64x64 frames but .* holds 32x32"),
-    (dict(channels=3, output_activation="sigmoid"), r"3-channel frames but .* holds 1-channel"),
+    (dict(img_size=64), r"cannot feed the checkpoint: img_size: the shards hold 32x32 frames, "
+                        r"the checkpoint expects 64x64"),
+    (dict(channels=3, output_activation="sigmoid"),
+     r"cannot feed the checkpoint: channels: the shards hold 1-channel frames, the checkpoint "
+     r"expects 3"),
 ])
 def test_checkpoint_that_does_not_match_the_data_is_a_clear_error(shards, tmp_path, change,
                                                                    match, monkeypatch):
@@ -125,26 +124,28 @@ def test_checkpoint_that_does_not_match_the_data_is_a_clear_error(shards, tmp_pa
     save_checkpoint(tmp_path / "ck", lmc.LMCModel(cfg), cfg)
     monkeypatch.setattr(pipeline, "iter_test_windows",
                         lambda *a, **k: pytest.fail("read frames before checking"), raising=False)
-    with pytest.raises(DataMismatchError, match=match):
+    with pytest.raises(DataError, match=match):
         evaluate(tmp_path / "ck", shards, log=None)
 
 
 def test_protocol_longer_than_the_windows_is_a_clear_error(shards, checkpoint):
     path, _, _ = checkpoint
-    with pytest.raises(DataMismatchError, match=r"10-40 needs test windows of 50 frames .* 16"):
+    with pytest.raises(DataError, match=r"test windows: the shards hold 16 frames, protocol "
+                                        r"10-40 needs 50"):
         evaluate(path, shards, protocols=["10-40"], log=None)
-    with pytest.raises(DataMismatchError, match="short clips of 10"):
+    with pytest.raises(ValueError, match="short clips of 10") as e:
         evaluate(path, shards, protocols=["9-4"], log=None)
+    assert not isinstance(e.value, DataError)       # the checkpoint's, not the data's, mismatch
     with pytest.raises(ValueError, match="unknown protocol"):
-        resolve_protocol("ten-forty")
+        get_protocol("ten-forty")
 
 
 def test_protocol_helpers():
     assert last_n_protocol(10, 40).name == "10-40-last10"
     assert last_n_protocol(10, 40).frames == tuple(range(30, 40))
     assert last_n_protocol(10, 4).frames == (0, 1, 2, 3)
-    assert resolve_protocol("10->30").out_len == 30
-    p = resolve_protocol("10-20-last5")
+    assert get_protocol("10->30").out_len == 30
+    p = get_protocol("10-20-last5")
     assert (p.short_len, p.out_len, p.frames) == (10, 20, tuple(range(15, 20)))
 
 
@@ -158,11 +159,9 @@ def test_time_inference_is_batch_one_after_warmup():
     assert t["protocol"] == "10->4" and t["repeats"] == 3 and math.isfinite(t["mean_s"])
 
 
-def test_command_line_writes_the_summary(shards, checkpoint, tmp_path, capsys):
+def test_command_line_writes_the_summary(shards, checkpoint, tmp_path, capsys, load_job):
     path, _, _ = checkpoint
-    spec = importlib.util.spec_from_file_location("evaluate_job", ROOT / "jobs" / "evaluate.py")
-    job = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(job)
+    job = load_job("evaluate")
     job.main(["--checkpoint", str(path), "--data", shards, "--output", str(tmp_path / "ev"),
               "--protocol", "10-4", "--timing-repeats", "1", "--device", "cpu"])
     out = capsys.readouterr().out
@@ -217,7 +216,7 @@ def test_an_exact_frame_is_capped_in_means_and_counted():
     pred[0, 1:] = 0.5              # sample 0: frame 0 exact, frames 1-2 not; sample 1: exact
     per_frame = lmc.frame_metrics(pred, target)
     assert math.isinf(per_frame["psnr"][0, 0])               # per frame: +inf, like skimage
-    acc = MetricAccumulator(resolve_protocol("10-3"))
+    acc = MetricAccumulator(get_protocol("10-3"))
     acc.update(per_frame)
     s = acc.summary()
     assert s["psnr_capped_frames"] == 4

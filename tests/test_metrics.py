@@ -10,7 +10,6 @@ from skimage.metrics import structural_similarity
 
 from lmc.metrics import (
     ALEXNET_WEIGHTS_FILE,
-    PROTOCOLS,
     LPIPSMetric,
     LPIPSUnavailable,
     LPIPSUnavailableError,
@@ -21,6 +20,7 @@ from lmc.metrics import (
     lpips_weights_path,
     summarize,
 )
+from lmc.protocols import PROTOCOLS
 
 
 def skimage_ssim(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -210,7 +210,10 @@ def test_accumulator_rejects_wrong_length_and_unknown_protocol():
     with pytest.raises(ValueError, match=r"\(2, 20\).*\(N, 40\)"):
         MetricAccumulator("10-40").update({"mse": torch.zeros(2, 20)})
     with pytest.raises(ValueError, match="unknown protocol"):
-        MetricAccumulator("10-50")
+        MetricAccumulator("10-fifty")
+    # any "S-K" is a protocol now (all K frames scored): 10-50 wants (N, 50)
+    with pytest.raises(ValueError, match=r"\(2, 40\).*\(N, 50\)"):
+        MetricAccumulator("10-50").update({"mse": torch.zeros(2, 40)})
 
 
 # --------------------------------------------------------------------------------------------

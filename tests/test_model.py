@@ -62,9 +62,9 @@ def test_local_memory_read_is_eq_1_and_2():
             assert torch.allclose(f_mem[0, :, y, x], a @ m, atol=1e-5)
 
 
-def test_rollout_feeds_predictions_back_and_is_causal():
-    """Changing a late input frame changes no prediction made before it is seen; the first
-    prediction is made right after the last input (no teacher forcing)."""
+def test_longer_rollout_extends_the_shorter_one():
+    """Predicting 5 frames from the same short clip gives the 3-frame prediction as its first
+    3 frames: a longer rollout extends the shorter one and does not change its start."""
     torch.manual_seed(0)
     model = lmc.LMCModel(small_cfg(query="none"))
     short = torch.rand(1, 9, 1, 32, 32)
@@ -139,6 +139,49 @@ def test_alignment_step_offsets_warmup_and_determinism():
     # r is drawn from [0, short+out-long] = {0, 1}: both values show up
     seen = {int(torch.randint(0, 2, (1,), generator=align.generator)) for _ in range(50)}
     assert seen == {0, 1}
+
+
+def _record_long_clips(model, window):
+    """Replace ``model.forward`` by a recorder of the offset r of every long clip passed in
+    (phase 1), found by comparing it with ``window[:, r:r + long_len]``. It predicts zeros
+    (a leaf that needs grad), so a step trains nothing and costs next to nothing."""
+    offsets, n = [], model.cfg.long_len
+
+    def spy(short, long=None, out_len=None):
+        if long is not None:
+            [r] = [r for r in range(window.shape[1] - n + 1)
+                   if torch.equal(long, window[:, r:r + n])]
+            offsets.append(r)
+        return torch.zeros(short.shape[0], out_len, *short.shape[2:], requires_grad=True)
+
+    model.forward = spy
+    return offsets
+
+
+def test_alignment_draws_the_long_clip_offset_from_its_seeded_generator():
+    """step(window) without long_start: long = window[:, r:r + long_len] with r drawn by the
+    alignment's own generator (the loader no longer draws it). Two alignments with the same
+    seed draw the same sequence of r, which takes both values of {0, 1}; another seed draws
+    another; a fresh alignment given ``state_dict()`` after 4 steps continues the sequence."""
+    window = torch.rand(1, 13, 1, 32, 32, generator=torch.Generator().manual_seed(2))
+
+    def draws(seed, steps, state=None):
+        model = lmc.LMCModel(small_cfg())              # short 9 + out 4, long_len 12: r in {0, 1}
+        offsets = _record_long_clips(model, window)
+        align = lmc.MemoryAlignment(model, lr=1e-3, seed=seed)
+        if state is not None:
+            align.load_state_dict(state)
+        for _ in range(steps):
+            align.step(window)
+        return offsets, align.state_dict()
+
+    a, _ = draws(3, 8)
+    b, _ = draws(3, 8)
+    assert len(a) == 8 and a == b and set(a) == {0, 1}
+    assert draws(4, 8)[0] != a
+    first, state = draws(3, 4)
+    rest, _ = draws(99, 4, state)                      # the seed is overridden by the state
+    assert first + rest == a
 
 
 def test_warmup_predicts_the_short_horizon_then_switches_to_the_full_one(monkeypatch):

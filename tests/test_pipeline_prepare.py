@@ -10,9 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 
 import pipeline
-from pipeline import (FolderSource, KTHSource, MovingMNISTSource, OutputExistsError, ShardConfig,
-                      frames_from_row, iter_test_windows, iter_train_batches, load_split,
-                      prepare, read_manifest, verify, write_kth_like)
+from pipeline import (DataError, FolderSource, KTHSource, MovingMNISTSource, OutputExistsError,
+                      ShardConfig, frames_from_row, iter_test_windows, iter_train_batches,
+                      load_split, prepare, read_manifest, verify, write_kth_like)
 from pipeline_fixtures import expected_starts, kth_segments, pyav_frames, write_bad_inputs
 
 FRAMES = 40
@@ -88,7 +88,7 @@ def test_manifest_rules_noop_refusal_overwrite_interrupt(ray_session, kth_videos
     copy = tmp_path / "copy"
     os.makedirs(copy / "train")
     (copy / "train" / "part-stale.parquet").write_bytes(b"half a file")
-    with pytest.raises(FileNotFoundError, match="no manifest.json"):
+    with pytest.raises(DataError, match="no manifest.json"):
         load_split(str(copy), "train")
     summary = prepare(KTHSource(kth_videos), str(copy), other)
     assert not summary["noop"] and not (copy / "train" / "part-stale.parquet").exists()
@@ -178,35 +178,51 @@ def test_generic_folder_via_job_script(ray_session, kth_videos, tmp_path):
                                                     "cam1/person17_running_d1"]
     assert sorted(r["start"] for r in rows) == [0, 0, 10, 10, 20, 20, 30, 30]
     assert json.load(open(tmp_path / "s.json"))["windows_test"] == 8
+    # bad input: the job's error policy, one line `error: <message>` and exit status 1
     bad = subprocess.run(cmd[:-2] + ["--short-len", "0"], env=env, capture_output=True, text=True)
-    assert bad.returncode == 2 and "ShardConfig.short_len=0" in bad.stderr
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr, bad.stderr[-2000:]
+    assert bad.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "ShardConfig.short_len=0" in bad.stderr
 
 
-def test_train_batches_shapes_range_long_start_and_epochs(kth_shards):
+def _pixels(window) -> bytes:
+    """A loader window (T, C, H, W) in [0, 1] back to the stored uint8 (T, H, W, C) bytes."""
+    return (window.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8).tobytes()
+
+
+def test_train_batches_shapes_range_windows_and_epochs(kth_shards):
+    """Float windows (N, window_len, C, H, W): each the first window_len frames of a stored
+    window, unaltered; a DataIterator works as a Dataset does; epochs=None never ends; a
+    window longer than the stored ones is refused. (The long clip's offset r is not the
+    loader's: MemoryAlignment draws it, see test_model.)"""
     out, _ = kth_shards
     ds = load_split(out, "train")
-    n = read_manifest(out)["rows"]["train"]
-    kwargs = dict(batch_size=4, short_len=3, out_len=3, long_len=4, seed=5)
+    rows = _rows(out, "train")
+    n = len(rows)
+    kwargs = dict(batch_size=4, window_len=6, seed=5)
     batches = list(iter_train_batches(ds, **kwargs))
     assert len(batches) == n // 4
     for b in batches:
-        assert b["window"].shape == (4, 6, 1, 32, 32) and str(b["window"].dtype) == "torch.float32"
-        assert 0.0 <= b["window"].min() and b["window"].max() <= 1.0
-        assert 0 <= b["long_start"] <= 6 - 4
-    assert len({b["long_start"] for b in batches}) > 1
-    # Every window is a stored clip pair (uint8 / 255), shuffled but not altered.
-    stored = {frames_from_row(r).tobytes() for r in _rows(out, "train")}
-    for w in batches[0]["window"]:
-        pixels = (w.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
-        assert pixels.tobytes() in stored
-    # A DataIterator (what ray.train.get_dataset_shard returns) works the same way, and the
-    # same seed draws the same long-clip offsets.
+        assert b.shape == (4, 6, 1, 32, 32) and str(b.dtype) == "torch.float32"
+        assert 0.0 <= b.min() and b.max() <= 1.0
+    # Every window is a stored clip pair (uint8 / 255), shuffled but not altered; an epoch
+    # holds distinct windows (drop_last leaves out n % 4 of them).
+    stored = {frames_from_row(r).tobytes() for r in rows}
+    seen = [_pixels(w) for b in batches for w in b]
+    assert set(seen) <= stored and len(set(seen)) == len(seen) == n - n % 4
+    # window_len < stored: the prefix of a stored window (short_len + out_len of a model
+    # trained on longer windows)
+    prefixes = {frames_from_row(r)[:4].tobytes() for r in rows}
+    short = next(iter_train_batches(ds, **{**kwargs, "window_len": 4}))
+    assert short.shape == (4, 4, 1, 32, 32) and all(_pixels(w) in prefixes for w in short)
+    # A DataIterator (what ray.train.get_dataset_shard returns) yields the same windows.
     from_iterator = list(iter_train_batches(ds.iterator(), **kwargs))
-    assert [b["long_start"] for b in from_iterator] == [b["long_start"] for b in batches]
+    from_iterator = [_pixels(w) for b in from_iterator for w in b]
+    assert set(from_iterator) <= stored and len(set(from_iterator)) == len(seen)
     forever = iter_train_batches(ds, epochs=None, **kwargs)
     assert sum(1 for _, _ in zip(range(len(batches) + 2), forever)) == len(batches) + 2
-    with pytest.raises(ValueError, match="long_len=7"):
-        next(iter_train_batches(ds, **{**kwargs, "long_len": 7}))
+    with pytest.raises(ValueError, match=r"windows of 6 frames; 7 \(short_len \+ out_len\)"):
+        next(iter_train_batches(ds, **{**kwargs, "window_len": 7}))
 
 
 def test_test_windows_in_fixed_order_without_ray(kth_shards):
@@ -221,7 +237,7 @@ def test_test_windows_in_fixed_order_without_ray(kth_shards):
     np.testing.assert_allclose(first["window"][0].numpy(), expect, atol=1e-6)
     short = next(iter_test_windows(out, batch_size=2, short_len=3, out_len=3))
     assert short["window"].shape == (2, 6, 1, 32, 32)
-    with pytest.raises(ValueError, match="split='val'"):
+    with pytest.raises(DataError, match="split='val'"):
         next(iter_test_windows(out, batch_size=2, split="val"))
 
 

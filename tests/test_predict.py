@@ -1,7 +1,4 @@
 """Predict: a real encoded video in, the model's own prediction out as PNGs, a strip and a GIF."""
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -9,9 +6,7 @@ from PIL import Image
 
 import lmc
 from lmc.checkpoint import save_checkpoint
-from lmc.predict import VideoTooShortError, predict
-
-ROOT = Path(__file__).resolve().parents[1]
+from lmc.tools.predict import VideoTooShortError, predict
 
 
 @pytest.fixture(scope="module")
@@ -98,11 +93,9 @@ def test_video_shorter_than_short_len_is_a_clear_error(checkpoint, tmp_path):
         predict(path, tmp_path / "nothing.avi", tmp_path / "out", log=None)
 
 
-def test_command_line(checkpoint, video, tmp_path, capsys):
+def test_command_line(checkpoint, video, tmp_path, capsys, load_job):
     path, _, _ = checkpoint
-    spec = importlib.util.spec_from_file_location("predict_job", ROOT / "jobs" / "predict.py")
-    job = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(job)
+    job = load_job("predict")
     job.main(["--checkpoint", str(path), "--input", str(video), "--output", str(tmp_path),
               "--out-len", "3", "--device", "cpu"])
     assert "24 frames" in capsys.readouterr().out

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from lmc.checkpoint import load_model
-from lmc.evaluate import resolve_protocol, score_windows, summarize_scores
+from lmc.protocols import get_protocol
+from lmc.scoring import score_windows, summarize_scores
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 RUNS = sorted(p.parent.name for p in RESULTS.glob("*/sample_windows.npz"))
@@ -22,7 +23,7 @@ def test_committed_checkpoint_reproduces_its_committed_numbers(name):
     windows = torch.from_numpy(np.load(folder / "sample_windows.npz")["windows"])  # uint8
     windows = windows.permute(0, 1, 4, 2, 3).float() / 255.0     # (N, T, C, H, W) in [0, 1]
     model = load_model(folder / "checkpoint")
-    protocol = resolve_protocol(expected["protocol"])
+    protocol = get_protocol(expected["protocol"])
     torch.manual_seed(0)
     got = summarize_scores(score_windows(model, windows.split(4), [protocol]))
     assert got["protocols"][protocol.name]["num_samples"] == expected["num_samples"] == len(windows)

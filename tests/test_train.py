@@ -1,8 +1,9 @@
 """Ray Train driver: DDP replicas, frozen memory, failure recovery, resume, bad input.
 
-A tiny model (width 1/16, 32x32 frames, 9 -> 3 frames) on a few synthetic KTH-like windows, with
-the session's 2-CPU Ray cluster (`ray_session`). Runs that start a Ray Train worker group take
-20-60 s each on a 2-core machine and are marked slow.
+A tiny model (width 1/16, 32x32 frames, 9 -> 3 frames) on a few synthetic KTH-like windows (the
+session's `kth_train_shards`), with the session's 2-CPU Ray cluster (`ray_session`). Runs that
+start a Ray Train worker group take 20-60 s each on a 2-core machine and are marked slow; test
+hooks (`lmc.train.hooks`) trace the parameters, kill a worker or poison a batch.
 """
 import dataclasses
 import glob
@@ -17,22 +18,17 @@ import lmc
 from lmc.alignment import NonFiniteLossError
 from lmc.reference import CheckpointError
 from lmc.train import DataError, RunSettings, StorageError, train, validate
+from lmc.train.hooks import CrashAt, NaNInputAt, TraceParameters
 
-SHORT, OUT, IMG = 9, 3, 32
+SHORT, OUT, IMG = 9, 3, 32      # the shape of conftest's kth_train_shards
 CFG = lmc.preset("tiny", img_size=IMG, short_len=SHORT, out_len=OUT, long_len=10, width=0.0625,
                  memory_slots=8, batch_size=4, iterations=4)
 
 
-@pytest.fixture(scope="module")
-def shards(ray_session, tmp_path_factory):
-    from pipeline import KTHSource, ShardConfig, prepare, write_kth_like
-
-    root = tmp_path_factory.mktemp("train-data")
-    write_kth_like(str(root / "avi"), per_action=2, actions=("walking", "boxing"), num_frames=60)
-    out = str(root / "shards")
-    prepare(KTHSource(str(root / "avi")), out,
-            ShardConfig(short_len=SHORT, out_len=OUT, img_size=IMG, train_stride=2), verbose=False)
-    return out
+@pytest.fixture
+def shards(kth_train_shards):
+    """The session's KTH-like shards (conftest): 9 + 3 frames at 32x32, train stride 2."""
+    return kth_train_shards
 
 
 def settings(shards, storage, name, **kw):
@@ -51,7 +47,7 @@ def checkpoints(run_dir):
 @pytest.mark.slow  # one 2-worker run: ~40 s on 2 cores
 def test_ddp_replicas_identical_memory_frozen_and_run_outputs(shards, tmp_path):
     trace = tmp_path / "trace"
-    m = train(CFG, settings(shards, tmp_path, "ddp", debug={"trace_dir": str(trace)}),
+    m = train(CFG, settings(shards, tmp_path, "ddp"), hooks=[TraceParameters(str(trace))],
               verbose=False)
     r0 = json.loads((trace / "rank0-start0.json").read_text())
     r1 = json.loads((trace / "rank1-start0.json").read_text())
@@ -108,10 +104,9 @@ def test_ddp_replicas_identical_memory_frozen_and_run_outputs(shards, tmp_path):
 def test_killed_worker_resumes_from_latest_checkpoint(shards, tmp_path):
     marker = tmp_path / "crashed"
     cfg = dataclasses.replace(CFG, iterations=6)
-    s = settings(shards, tmp_path, "crash", max_failures=2,
-                 debug={"crash": {"rank": 1, "iteration": 3, "marker": str(marker),
-                                    "after_s": 8}})
-    m = train(cfg, s, verbose=False)
+    s = settings(shards, tmp_path, "crash", max_failures=2)
+    m = train(cfg, s, hooks=[CrashAt(rank=1, iteration=3, marker=str(marker), after_s=8)],
+              verbose=False)
     assert marker.exists()                          # rank 1's process did die (os._exit)
     assert m["iterations"] == 6
     assert m["starts"] == [0, 2]                    # restarted from checkpoint 2, not from 0
@@ -162,14 +157,23 @@ def test_empty_split_is_refused(shards, tmp_path):
 
 
 @pytest.mark.parametrize("field,value,expect", [
-    ("short_len", 10, "short_len: shards 9 vs model 10"),
-    ("img_size", 64, "img_size: shards 32 vs model 64"),
-    ("out_len", 5, "out_len: shards 3 < model 5"),
+    ("short_len", 10, "short_len: the shards' windows start with 9 input frames, the model "
+                      "feeds 10"),
+    ("img_size", 64, "img_size: the shards hold 32x32 frames, the model expects 64x64"),
+    ("out_len", 5, "train windows: the shards hold 12 frames, the model needs 14"),
 ])
 def test_shards_for_another_config_are_refused(shards, tmp_path, field, value, expect):
     cfg = dataclasses.replace(CFG, **{field: value})
     with pytest.raises(DataError, match=expect):
         validate(cfg, settings(shards, tmp_path, "x"))
+
+
+def test_checkpoint_interval_defaults_to_a_third_of_the_run_at_most_1000():
+    s = RunSettings(data="d", storage="s", name="n")
+    assert s.checkpoint_every is None
+    assert [s.checkpoint_interval(n) for n in (2, 30, 3000, 10 ** 6)] == [1, 10, 1000, 1000]
+    assert RunSettings(data="d", storage="s", name="n", checkpoint_every=7).checkpoint_interval(
+        3000) == 7
 
 
 def test_unreachable_storage_is_refused(shards, tmp_path):
@@ -186,6 +190,6 @@ def test_global_batch_must_split_over_workers(shards, tmp_path):
 
 @pytest.mark.slow  # one single-worker start: ~25 s
 def test_nan_loss_stops_the_run_naming_iteration_and_phase(shards, tmp_path):
-    s = settings(shards, tmp_path, "nan", num_workers=1, max_failures=2, debug={"nan_at": 1})
+    s = settings(shards, tmp_path, "nan", num_workers=1, max_failures=2)
     with pytest.raises(NonFiniteLossError, match=r"iteration 1 in phase 1"):
-        train(CFG, s, verbose=False)
+        train(CFG, s, hooks=[NaNInputAt(1)], verbose=False)

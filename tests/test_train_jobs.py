@@ -1,5 +1,5 @@
-"""The training job as users run it: `ray job submit` against a real local head, and the cluster
-launcher config.
+"""The training job as users run it: `ray job submit` against a real local head, its command
+line (one flag per config field), the prepare jobs' defaults, and the cluster launcher config.
 
 The head is a separate Ray instance (own temp dir and ports) next to the session's `ray_session`
 cluster. `ray stop` cannot target one instance (it stops every Ray on the machine), so the head
@@ -21,7 +21,7 @@ import urllib.request
 import pytest
 import yaml
 
-from test_train import CFG, IMG, OUT, SHORT, shards  # noqa: F401  (module fixture)
+from test_train import CFG, IMG, OUT, SHORT
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -87,16 +87,11 @@ def head(request):
 
 
 @pytest.mark.slow  # a head start and a 1-worker job: ~60 s per auth mode on 2 cores
-def test_ray_job_submit_trains_and_checkpoints(head, shards, tmp_path):
+def test_ray_job_submit_trains_and_checkpoints(head, kth_train_shards, tmp_path):
     storage = tmp_path / "runs"
     cmd = ["ray", "job", "submit", "--address", head["url"], "--working-dir", ".",
            "--runtime-env-json", json.dumps({"excludes": [".git", "runs", "data", ".cache"]}),
-           "--", "python", "jobs/train_kth.py", "--data", shards, "--storage", str(storage),
-           "--name", "job", "--preset", "tiny", "--iterations", "4", "--checkpoint-every", "2",
-           "--num-workers", "1", "--batch-size", str(CFG.batch_size),
-           "--img-size", str(IMG), "--short-len", str(SHORT), "--out-len", str(OUT),
-           "--long-len", str(CFG.long_len), "--width", str(CFG.width),
-           "--memory-slots", str(CFG.memory_slots), "--eval-windows", "4", "--test-windows", "4"]
+           "--", "python", "jobs/train_kth.py", *_train_argv(kth_train_shards, storage)]
     deadline = time.time() + 90
     while True:  # the head's job agent comes up a little after its HTTP server
         out = subprocess.run(cmd, cwd=ROOT, env=head["env"], capture_output=True, text=True,
@@ -142,27 +137,42 @@ def test_cluster_yaml_names_the_sections_and_real_files():
     assert "s3://" in open(os.path.join(ROOT, "cluster.yaml")).read()
 
 
-def _job_module(name: str):
-    import importlib.util
+def _train_argv(data, storage) -> list[str]:
+    """jobs/train_kth.py's command line for test_train's CFG: the tiny preset, then one flag
+    per config field that differs from it."""
+    return ["--data", str(data), "--storage", str(storage), "--name", "job", "--preset", "tiny",
+            "--iterations", str(CFG.iterations), "--checkpoint-every", "2", "--num-workers", "1",
+            "--batch-size", str(CFG.batch_size), "--img-size", str(IMG), "--short-len",
+            str(SHORT), "--out-len", str(OUT), "--long-len", str(CFG.long_len), "--width",
+            str(CFG.width), "--memory-slots", str(CFG.memory_slots), "--eval-windows", "4",
+            "--test-windows", "4"]
 
-    sys.path.insert(0, os.path.join(ROOT, "jobs"))        # the jobs' own `import _path`
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "jobs", name + ".py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+
+def test_train_job_flags_make_the_config_and_set_is_refused(load_job, tmp_path, capsys):
+    """The submitted command line above gives exactly test_train's CFG; the removed
+    `--set FIELD=VALUE` syntax fails naming the field's own flag."""
+    from lmc.train.cli import build_parser, model_config
+
+    load_job("train_kth")                                 # the job module imports cleanly
+    args = build_parser("kth").parse_args(_train_argv("shards", tmp_path))
+    assert model_config(args, "kth") == CFG
+    assert (args.checkpoint_every, args.num_workers, args.eval_windows) == (2, 1, 4)
+    with pytest.raises(SystemExit) as e:
+        build_parser("kth").parse_args(["--set", "memory_slots=50"])
+    assert e.value.code == 2 and "--memory-slots 50" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("dataset, argv", [("kth", ["--input", "kth", "--output", "out"]),
                                            ("mmnist", ["--output", "out"])])
-def test_prepare_job_defaults_fit_the_train_job_preset(dataset, argv):
+def test_prepare_job_defaults_fit_the_train_job_preset(dataset, argv, load_job):
     """`prepare_<dataset>.py` with no length flags makes shards that `train_<dataset>.py --data`
     (the paper preset) accepts, with test windows for each of the paper's protocols."""
     import lmc
-    from lmc.train_cli import DATASETS
-    from lmc.metrics import PROTOCOLS
+    from lmc.protocols import PROTOCOLS
+    from lmc.train.cli import DATASETS
     from pipeline.cli import config_from_args
 
-    shard = config_from_args(_job_module(f"prepare_{dataset}").build_parser().parse_args(argv))
+    shard = config_from_args(load_job(f"prepare_{dataset}").build_parser().parse_args(argv))
     cfg = lmc.preset(DATASETS[dataset])
     assert (shard.short_len, shard.img_size, shard.channels) == (cfg.short_len, cfg.img_size,
                                                                  cfg.channels)
@@ -185,5 +195,5 @@ def test_prepared_mmnist_passes_the_training_checks(ray_session, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     plan = validate(lmc.preset("paper-mmnist"),
                     RunSettings(data=str(out), storage=str(tmp_path / "runs"), name="r"))
-    assert plan.manifest["rows"] == {"train": 3, "test": 2}
+    assert plan.facts.rows == {"train": 3, "test": 2}
     assert plan.protocol.name == "10-30"

@@ -1,6 +1,9 @@
 """Training with its data and its run folder on S3 (moto's server on 127.0.0.1): checkpoints,
 metrics and TensorBoard land in the bucket, a second submission resumes from the bucket, and
-the workers (started before the S3 settings existed) get them without any log showing them."""
+the workers (started before the S3 settings existed) get them without any log showing them.
+
+The data are the session's KTH-like shards (conftest's kth_train_shards) copied into the bucket
+as they are; preparing shards straight into S3 is test_pipeline_s3's."""
 import dataclasses
 import json
 import os
@@ -14,16 +17,17 @@ SECRET = "testing-secret-do-not-log"
 
 
 @pytest.mark.slow  # two single-worker runs: ~50 s on 2 cores
-def test_train_on_s3_checkpoints_and_resumes_from_the_bucket(ray_session, s3_env, tmp_path,
-                                                             capsys):
-    from pipeline import KTHSource, ShardConfig, prepare, write_kth_like
+def test_train_on_s3_checkpoints_and_resumes_from_the_bucket(ray_session, kth_train_shards,
+                                                             s3_env, tmp_path, capsys):
+    from pipeline import DatasetFacts
 
-    write_kth_like(str(tmp_path / "avi"), per_action=2, actions=("walking", "boxing"),
-                   num_frames=60)
+    for root, _, files in os.walk(kth_train_shards):     # manifest.json and train/, test/
+        for f in files:
+            rel = os.path.relpath(os.path.join(root, f), kth_train_shards)
+            s3_env.upload_file(os.path.join(root, f), "lmc", f"train-shards/{rel}")
     data = "s3://lmc/train-shards"
-    prepare(KTHSource(str(tmp_path / "avi")), data,
-            ShardConfig(short_len=SHORT, out_len=OUT, img_size=IMG, train_stride=2),
-            verbose=False)
+    facts = DatasetFacts.read(data)
+    assert (facts.short_len, facts.test_out_len, facts.img_size) == (SHORT, OUT, IMG)
 
     s = settings(data, "s3://lmc/runs", "s3run", num_workers=1)
     first = train(dataclasses.replace(CFG, iterations=2), s, verbose=False)

@@ -1,12 +1,14 @@
-"""Ray Tune sweep: the space is filtered before Ray; a tiny real sweep whose ASHA stops a trial."""
+"""Ray Tune sweep: the space is filtered before Ray; the tune jobs' flags; a tiny real sweep
+whose ASHA stops a trial (on the session's Moving-MNIST shards)."""
 import csv
 import json
 
 import pytest
 
 import lmc
-from lmc.tune import (SweepSettings, SweepSpace, SweepSpaceError, check_space, expand_space,
-                      max_concurrent, sweep)
+from lmc.experiments.sweep import (SweepSettings, SweepSpace, SweepSpaceError, check_space,
+                                   expand_space, max_concurrent, sweep)
+from pipeline import DataError, DatasetFacts
 
 BASE = dict(img_size=32, short_len=10, long_len=12, out_len=4, width=0.0625, memory_slots=8,
             convlstm_layers=2, warmup_iterations=0, batch_size=4)
@@ -16,8 +18,10 @@ def base_cfg(**kw):
     return lmc.preset("tiny", **{**BASE, **kw})
 
 
-DATA = {"path": "shards", "channels": 1, "img_size": 32, "short_len": 10, "window_len": 16,
-        "train_window_len": 14}
+# what the shards' manifest says: 32x32 luma, windows of 10 + 4 (train) and 10 + 6 (test)
+DATA = DatasetFacts(path="shards", dataset="mmnist", channels=1, img_size=32, short_len=10,
+                    train_window_len=14, test_window_len=16, rows={"train": 16, "test": 12},
+                    bytes={}, shards=())
 
 
 def test_space_is_filtered_to_valid_combinations():
@@ -30,7 +34,7 @@ def test_space_is_filtered_to_valid_combinations():
     reasons = {(c["short_len"], c["long_len"]): r for c, r in rejected}
     assert "long_len" in reasons[(10, 8)] and "9 <= long_len" in reasons[(10, 8)]
     assert "short_len + out_len = 14" in reasons[(10, 15)]
-    assert "short_len 10" in reasons[(9, 12)]
+    assert "the shards' windows start with 10 input frames, the model feeds 9" in reasons[(9, 12)]
     assert len(rejected) == 2 * 8 - 4
 
 
@@ -38,7 +42,8 @@ def test_space_with_only_invalid_combinations_is_a_clear_error():
     space = SweepSpace(memory_slots=(25, 50, 100, 200), long_len=(20, 30, 40))
     with pytest.raises(SweepSpaceError, match=r"no valid combination(.|\n)*long_len' = 40"):
         check_space(base_cfg(), space, DATA)
-    with pytest.raises(SweepSpaceError, match="img_size=64"):
+    with pytest.raises(DataError, match="img_size: the shards hold 32x32 frames, the model "
+                                        "expects 64x64"):
         check_space(base_cfg(img_size=64), SweepSpace(long_len=(12,)), DATA)
     with pytest.raises(SweepSpaceError, match="log-uniform"):
         SweepSpace(lr=(1e-3, 1e-4))
@@ -51,36 +56,55 @@ def test_concurrency_from_resources():
     assert max_concurrent({"CPU": 1}, 2, 1, False) == 1
 
 
+def test_tune_job_flags_lists_for_the_swept_fields_one_value_for_the_others(load_job,
+                                                                         monkeypatch, capsys):
+    """jobs/tune_*.py: the swept fields take lists (`--memory-slots 4 8`), every other config
+    field its own single-value flag; `--set` is refused naming the flag."""
+    import lmc.experiments.sweep
+
+    calls = []
+    monkeypatch.setattr(lmc.experiments.sweep, "sweep", lambda cfg, space, settings, **kw:
+                        calls.append((cfg, space, settings)) or {})
+    job = load_job("tune_mmnist")
+    argv = ["--data", "d", "--storage", "s", "--name", "sw", "--preset", "tiny",
+            "--img-size", "32", "--out-len", "10", "--iterations", "8", "--memory-slots", "4",
+            "8", "--long-len", "9", "12", "--short-len", "10", "--lr", "1e-4", "1e-3"]
+    job.main(argv)
+    [(cfg, space, settings)] = calls
+    assert cfg == lmc.preset("tiny", img_size=32, out_len=10, iterations=8)
+    assert (list(space.memory_slots), list(space.long_len), list(space.short_len),
+            list(space.lr), space.lr_log_uniform) == ([4, 8], [9, 12], [10], [1e-4, 1e-3], True)
+    assert (settings.data, settings.storage, settings.name) == ("d", "s", "sw")
+    with pytest.raises(SystemExit):
+        job.main(argv + ["--set", "memory_slots=4"])
+    assert "--memory-slots 4" in capsys.readouterr().err
+
+
 @pytest.fixture(scope="module", autouse=True)
 def free_stopped_trials():
     """Ray Train V2 frees an ASHA-stopped trial's worker placement group through the dashboard's
-    state API, which this test session runs without (see lmc.tune). Remove what this module
-    leaves behind so that later tests, in any order, get the cluster's CPUs back."""
+    state API, which this test session runs without (see lmc.experiments.sweep). Remove what
+    this module leaves behind so that later tests, in any order, get the cluster's CPUs back
+    (Ray's public placement-group API: the table by id, a handle from the id, remove)."""
     yield
     import ray
-    from ray._raylet import PlacementGroupID
     from ray.util.placement_group import PlacementGroup
 
     if not ray.is_initialized():
         return
     for pg_id, info in ray.util.placement_group_table().items():
         if info["state"] == "CREATED" and pg_id not in _PGS_BEFORE:
-            ray.util.remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(pg_id))))
+            ray.util.remove_placement_group(PlacementGroup(ray.PlacementGroupID.from_hex(pg_id)))
 
 
 _PGS_BEFORE: set = set()
 
 
-@pytest.fixture(scope="module")
-def shards(ray_session, tmp_path_factory):
-    """Moving-MNIST 32x32: 16 train windows of 10 + 4, 8 test windows of 10 + 4."""
-    import pipeline
-
-    out = tmp_path_factory.mktemp("tune") / "mm32"
-    pipeline.prepare(pipeline.MovingMNISTSource(train_sequences=16, test_sequences=8, chunk=8),
-                     str(out), pipeline.ShardConfig(img_size=32, short_len=10, out_len=4),
-                     verbose=False)
-    return str(out)
+@pytest.fixture
+def shards(mmnist_shards):
+    """The session's Moving-MNIST shards (conftest): 32x32, 16 train windows of 10 + 4,
+    12 test windows of 10 + 6."""
+    return mmnist_shards
 
 
 def test_invalid_space_fails_before_any_ray_work(shards, tmp_path, monkeypatch):

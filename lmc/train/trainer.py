@@ -69,7 +69,7 @@ class Trainer:
         else:
             core = LMCModel(cfg)
         if settings.compile:
-            core.compile()
+            core.compile_regions()     # per-timestep regions, not the unrolled rollout
         model = ray.train.torch.prepare_model(
             core, parallel_strategy_kwargs={"find_unused_parameters": True})
         self.core = unwrap(model)
@@ -80,7 +80,7 @@ class Trainer:
             self.align.load_state_dict(state["alignment"])
             set_rng_state(state["rng"])
             self.history, self.val_history = state["history"], state["validation"]
-            self.attempts = state.get("attempts") or [   # checkpoints before 0.2 kept starts only
+            self.attempts = state.get("attempts") or [   # older checkpoints kept starts only
                 {"iteration": i, "submission": None} for i in state.get("starts", [])]
         self.start = self.align.iteration
         # Where this attempt runs and why it started: a new run, the same run submitted again,
