@@ -6,9 +6,12 @@ against a straightforward per-frame implementation of the same math (benchmarks/
 
 Both models hold the same weights; their outputs are compared before anything is timed.
 Timings alternate between the implementations so machine noise hits both alike; the ratio
-of medians is what to read. Also times the optimised model with channels_last and bf16.
+of medians is what to read. Also times the optimised model with channels_last, bf16 autocast
+and per-timestep regional compilation (``--compile``: inductor needs a C++ compiler and
+compiles for a minute or more on a CPU; the first, compiling call is not timed).
 """
 import argparse
+import copy
 import statistics
 import sys
 import time
@@ -19,6 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import lmc  # noqa: E402
+from lmc.accel import compile_problem  # noqa: E402
 from naive_model import NaiveLMC  # noqa: E402
 
 
@@ -43,6 +47,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--skip-train", action="store_true")
+    ap.add_argument("--compile", action="store_true", help="also time compile_regions()")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -76,43 +81,60 @@ def main():
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
             fast(short, out_len=k)
 
+    compiled = None
+    if args.compile:
+        why = compile_problem("cpu")
+        if why:
+            print(f"--compile: not timed: {why}")
+        else:
+            compiled = lmc.LMCModel(cfg)
+            compiled.load_state_dict(fast.state_dict())
+            compiled.compile_regions()
+
     variants = {
         "naive per-frame": lambda: infer(naive),
         "lmc (batched E_sp, fused gates)": lambda: infer(fast),
         "lmc + channels_last": lambda: infer(fast_cl),
         "lmc + bf16 autocast": infer_bf16,
     }
-    infer_times = {name: [] for name in variants}
-    for fn in variants.values():   # warm-up
-        fn()
-    for _ in range(args.repeats):
-        for name, fn in variants.items():
-            infer_times[name].append(timed(fn))
-    base = statistics.median(infer_times["naive per-frame"])
-    print(f"\ninference {s}->{k} (batch {args.batch}), median of {args.repeats}:")
-    for name, ts in infer_times.items():
-        med = statistics.median(ts)
-        print(f"  {name:34s} {med:8.3f} s   speed-up x{base / med:.2f}")
+    if compiled is not None:
+        variants["lmc + compile_regions"] = lambda: infer(compiled)
+    report(f"inference {s}->{k} (batch {args.batch})", variants, args.repeats)
 
     if args.skip_train:
         return
-    align = lmc.MemoryAlignment(fast, lr=cfg.lr, warmup_iterations=0)
     opt = torch.optim.Adam(naive.parameters(), lr=cfg.lr)
     train = {
         "naive per-frame": lambda: naive_train_step(naive, opt, short, long, target),
-        "lmc MemoryAlignment.step": lambda: align.step(window, long_start=0),
+        "lmc MemoryAlignment.step": alignment_step(fast, cfg, window),
+        "lmc + bf16 autocast": alignment_step(copy.deepcopy(fast), cfg, window, torch.bfloat16),
     }
-    for fn in train.values():      # warm-up (allocates Adam state)
+    if compiled is not None:
+        train["lmc + compile_regions"] = alignment_step(compiled, cfg, window)
+    report(f"training iteration (phase 1 + phase 2, batch {args.batch})", train, args.repeats)
+
+
+def alignment_step(model, cfg, window, autocast_dtype=None):
+    align = lmc.MemoryAlignment(model, lr=cfg.lr, warmup_iterations=0, autocast_dtype=autocast_dtype)
+    return lambda: align.step(window, long_start=0)
+
+
+def report(title: str, variants: dict, repeats: int) -> None:
+    """Warm every variant up (Adam state, compilation), then time them in turns; print each
+    median, its speed-up over the first (the per-frame implementation) and the best."""
+    for fn in variants.values():
         fn()
-    train_times = {name: [] for name in train}
-    for _ in range(args.repeats):
-        for name, fn in train.items():
-            train_times[name].append(timed(fn))
-    base = statistics.median(train_times["naive per-frame"])
-    print(f"\ntraining iteration (phase 1 + phase 2, batch {args.batch}), median of {args.repeats}:")
-    for name, ts in train_times.items():
-        med = statistics.median(ts)
+    times = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, fn in variants.items():
+            times[name].append(timed(fn))
+    medians = {name: statistics.median(ts) for name, ts in times.items()}
+    base = medians["naive per-frame"]
+    print(f"\n{title}, median of {repeats}:")
+    for name, med in medians.items():
         print(f"  {name:34s} {med:8.3f} s   speed-up x{base / med:.2f}")
+    best = min((n for n in medians if n != "naive per-frame"), key=medians.get)
+    print(f"  best: {best} x{base / medians[best]:.2f}")
 
 
 if __name__ == "__main__":

@@ -11,11 +11,20 @@ Shapes: N batch, T time, C image channels, H = W = img_size; the spatial path wo
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import MIN_CLIP_LEN, LMCConfig
+
+
+def _autocast_off(device_type: str):
+    """Autocast disabled inside (an fp32 island); nothing to disable on e.g. the meta device."""
+    if not torch.amp.is_autocast_available(device_type):
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, enabled=False)
 
 
 class SpatialEncoder(nn.Sequential):
@@ -130,7 +139,7 @@ class LMCMemory(nn.Module):
         # fp32 under autocast: cosines of near-orthogonal 512-d vectors differ in the third
         # digit, which is all bf16 keeps, and the softmax over slots amplifies the rounding.
         # (Q x s x c is a tiny matmul, so fp32 costs nothing.)
-        with torch.autocast(queries.device.type, enabled=False):
+        with _autocast_off(queries.device.type):
             queries, slots = queries.float(), slots.float()
             sim = F.normalize(queries, dim=1) @ F.normalize(slots, dim=1).t()
             addressing = sim.softmax(dim=1)                   # Eq. (1)
@@ -234,7 +243,7 @@ class LMCModel(nn.Module):
         recur, predict = self._compiled or (self.recur, self.predict_step)
         for t in range(t_in - 1):
             h, c = recur(enc[:, t], h, c)
-        frame, preds = short[:, -1], []
+        frame, preds = short[:, -1].contiguous(), []   # contiguous like every later frame
         for _ in range(out_len):              # the last known frame, then each prediction fed
             frame, h, c = predict(frame, h, c, f_mem)   # back (no teacher forcing)
             preds.append(frame)

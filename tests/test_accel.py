@@ -1,0 +1,58 @@
+"""The speed paths against the eager model: regional compilation and the graph-captured rollout
+(its eager fallback here: these tests run on CPU)."""
+import pytest
+import torch
+
+import lmc
+from lmc.accel import GraphedRollout, compile_problem
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: on this shared 2-core machine two OpenMP threads run ~40x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny_model(seed=0):
+    torch.manual_seed(seed)
+    return lmc.LMCModel(lmc.preset("tiny"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(compile_problem("cpu") is not None, reason=str(compile_problem("cpu")))
+def test_compiled_regions_match_eager_in_inference_and_training(one_thread):
+    """The tiny preset with its per-timestep regions compiled (inductor, CPU): same predictions
+    and same gradients as eager, to float rounding (inductor fuses the gate arithmetic)."""
+    eager, compiled = tiny_model(), tiny_model()
+    compiled.compile_regions()
+    cfg = eager.cfg
+    window = torch.rand(2, cfg.window_len, 1, cfg.img_size, cfg.img_size)
+    short, long, target = window[:, :cfg.short_len], window[:, :cfg.long_len], window[:, cfg.short_len:]
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(short), eager(short), rtol=1e-4, atol=1e-5)
+    for model in (eager, compiled):
+        lmc.prediction_loss(model(short, long=long), target).backward()
+    for (name, a), b in zip(compiled.named_parameters(), eager.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-3, atol=1e-6, msg=name)
+
+
+def test_compile_problem_names_the_missing_compiler(monkeypatch):
+    monkeypatch.setattr("torch._inductor.config.cpp.cxx", (None, "/no/such/g++"))
+    why = compile_problem("cpu")
+    assert "C++ compiler" in why and "/no/such/g++" in why
+
+
+def test_graphed_rollout_falls_back_to_the_eager_model_on_cpu(one_thread):
+    model = tiny_model()
+    cfg = model.cfg
+    short = torch.rand(2, cfg.short_len, 1, cfg.img_size, cfg.img_size)
+    rollout = GraphedRollout(model, batch=2, out_len=5)
+    assert not rollout.captured
+    with torch.no_grad():
+        want = model(short, out_len=5)
+    assert torch.equal(rollout(short), want)
+    with pytest.raises(ValueError, match=r"built for short clips of shape \(2, 10, 1, 64, 64\)"):
+        rollout(short[:1])
