@@ -4,7 +4,7 @@ Bootstrap: `python jobs/x.py` from a checkout finds `lmc` and `pipeline` (the re
 sys.path, and on PYTHONPATH for the Ray workers this process starts).
 
 Error policy: bad input (a config value, a path, shards or a checkpoint that do not fit, a
-storage that cannot be written, a non-finite loss) ends the job with exit status 2 and one line,
+storage that cannot be written, a non-finite loss) ends the job with exit status 1 and one line,
 `error: <what, where, the allowed values or the fix>`, never a traceback. The project's errors
 all derive from ValueError, OSError or FloatingPointError; anything else is a bug and keeps its
 traceback. LMC_TRACEBACK=1 shows the traceback of the handled errors too.

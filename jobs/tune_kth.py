@@ -2,7 +2,7 @@ r"""Ray Tune sweep on KTH: memory slots, short/long clip lengths and learning ra
 Ray Train run, ASHA on the validation metric. Only valid length combinations are tried.
 
     python jobs/tune_kth.py --data shards/kth --storage runs --name kth-sweep --iterations 20000
-    python jobs/tune_kth.py --preset tiny --img-size 32 --out-len 4 --data shards/tiny \
+    python jobs/tune_kth.py --preset tiny --img-size 32 --out-len 10 --data shards/tiny \
         --storage runs --memory-slots 4 8 --long-len 9 12 --iterations 8 --eval-every 2
 """
 import _job  # noqa: F401  (first: the checkout on the path, the error policy)

@@ -2,7 +2,7 @@ r"""Ray Tune sweep on Moving-MNIST: memory slots, short/long clip lengths and le
 trial a Ray Train run, ASHA on the validation metric. Only valid length combinations are tried.
 
     python jobs/tune_mmnist.py --data shards/mmnist --storage runs --name mmnist-sweep --iterations 20000
-    python jobs/tune_mmnist.py --preset tiny --img-size 32 --out-len 4 --data shards/tiny \
+    python jobs/tune_mmnist.py --preset tiny --img-size 32 --out-len 10 --data shards/tiny \
         --storage runs --memory-slots 4 8 --long-len 9 12 --iterations 8 --eval-every 2
 """
 import _job  # noqa: F401  (first: the checkout on the path, the error policy)
