@@ -25,6 +25,8 @@ import lmc  # noqa: E402
 from lmc.accel import compile_problem  # noqa: E402
 from naive_model import NaiveLMC  # noqa: E402
 
+BF16 = torch.bfloat16
+
 
 def naive_train_step(model, opt, short, long, target):
     for phase_long in (long, None):           # phase 1 then phase 2, as Algorithm 1
@@ -67,38 +69,32 @@ def main():
     print(f"same function: relative difference {err:.2e}")
     assert err < 1e-5, "the implementations disagree; timings would be meaningless"
 
-    def infer(model, **kw):
-        with torch.no_grad():
-            model(short, out_len=k, **kw)
+    def copy_of(model, channels_last=False, compiled=False):
+        m = copy.deepcopy(model)
+        if channels_last:                 # 2D kernels only; the C3D kernels are 5-D
+            for p in m.parameters():
+                if p.dim() == 4:
+                    p.data = p.data.contiguous(memory_format=torch.channels_last)
+        return m.compile_regions() if compiled else m
 
-    fast_cl = lmc.LMCModel(cfg)
-    fast_cl.load_state_dict(fast.state_dict())
-    for p in fast_cl.parameters():   # 2D kernels only; the C3D kernels are 5-D
-        if p.dim() == 4:
-            p.data = p.data.contiguous(memory_format=torch.channels_last)
+    def infer(model, dtype=None):
+        def run():
+            with torch.no_grad(), torch.autocast("cpu", dtype=dtype or BF16,
+                                                 enabled=dtype is not None):
+                model(short, out_len=k)
+        return run
 
-    def infer_bf16():
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-            fast(short, out_len=k)
-
-    compiled = None
-    if args.compile:
-        why = compile_problem("cpu")
-        if why:
-            print(f"--compile: not timed: {why}")
-        else:
-            compiled = lmc.LMCModel(cfg)
-            compiled.load_state_dict(fast.state_dict())
-            compiled.compile_regions()
-
+    why_not = "not asked (--compile)" if not args.compile else compile_problem("cpu")
     variants = {
-        "naive per-frame": lambda: infer(naive),
-        "lmc (batched E_sp, fused gates)": lambda: infer(fast),
-        "lmc + channels_last": lambda: infer(fast_cl),
-        "lmc + bf16 autocast": infer_bf16,
+        "naive per-frame": infer(naive),
+        "lmc (batched E_sp, fused gates)": infer(fast),
+        "lmc + channels_last": infer(copy_of(fast, channels_last=True)),
+        "lmc + bf16 autocast": infer(fast, BF16),
+        "lmc + bf16 + channels_last": infer(copy_of(fast, channels_last=True), BF16),
     }
-    if compiled is not None:
-        variants["lmc + compile_regions"] = lambda: infer(compiled)
+    if not why_not:
+        variants["lmc + compile_regions"] = infer(copy_of(fast, compiled=True))
+        variants["lmc + bf16 + compile_regions"] = infer(copy_of(fast, compiled=True), BF16)
     report(f"inference {s}->{k} (batch {args.batch})", variants, args.repeats)
 
     if args.skip_train:
@@ -106,12 +102,17 @@ def main():
     opt = torch.optim.Adam(naive.parameters(), lr=cfg.lr)
     train = {
         "naive per-frame": lambda: naive_train_step(naive, opt, short, long, target),
-        "lmc MemoryAlignment.step": alignment_step(fast, cfg, window),
-        "lmc + bf16 autocast": alignment_step(copy.deepcopy(fast), cfg, window, torch.bfloat16),
+        "lmc MemoryAlignment.step": alignment_step(copy_of(fast), cfg, window),
+        "lmc + bf16 autocast": alignment_step(copy_of(fast), cfg, window, BF16),
+        "lmc + bf16 + channels_last": alignment_step(copy_of(fast, channels_last=True), cfg,
+                                                     window, BF16),
     }
-    if compiled is not None:
-        train["lmc + compile_regions"] = alignment_step(compiled, cfg, window)
+    if not why_not:
+        train["lmc + bf16 + compile_regions"] = alignment_step(copy_of(fast, compiled=True), cfg,
+                                                               window, BF16)
     report(f"training iteration (phase 1 + phase 2, batch {args.batch})", train, args.repeats)
+    if why_not:
+        print(f"compile_regions not timed: {why_not}")
 
 
 def alignment_step(model, cfg, window, autocast_dtype=None):

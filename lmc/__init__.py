@@ -11,7 +11,8 @@
 Layout (what may import what):
 
     lmc/*.py          the paper in plain PyTorch, no Ray: config, model, alignment (Algorithm 1),
-                      metrics, protocols, baselines, scoring, checkpoint, reference, plots
+                      metrics, protocols, baselines, scoring, checkpoint, reference, plots,
+                      accel (compile check, CUDA-graph rollout)
     lmc/train/        Ray Train: run settings, the driver, the per-worker trainer, its CLI
     lmc/experiments/  Ray Tune sweeps and the Table 4 ablation, built on lmc.train
     lmc/tools/        evaluate, predict, memory analysis: checkpoints in, numbers and pictures out

@@ -89,7 +89,7 @@ class ConvLSTMCell(nn.Module):
         i, g, f, o = gates.float().chunk(4, dim=1)
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         h = torch.sigmoid(o) * torch.tanh(c)
-        return h.to(gates.dtype), c
+        return h.to(gates.dtype), c          # h feeds convolutions: back to their dtype
 
 
 class MotionEncoder(nn.Sequential):
@@ -116,9 +116,10 @@ class MotionEncoder(nn.Sequential):
     def forward(self, clip):
         # clip: (N, T, C, H, W) frames -> difference frames x[t+1] - x[t]
         diff = (clip[:, 1:] - clip[:, :-1]).transpose(1, 2)   # (N, C, T-1, H, W)
-        # fp32 on CPU whatever the autocast: oneDNN's bf16 Conv3d weight gradient reads memory
-        # it never wrote when the clip is 2 deep (the last two convs of a 9-12 frame clip), so
-        # those weights got garbage, at times inf/NaN (issue 13; tests/test_numerics.py).
+        # fp32 on CPU whatever the autocast: oneDNN's bf16 Conv3d weight gradient (3.12, in
+        # torch 2.14, jit_bf16 backward_weights) reads memory it never wrote when the input is
+        # 2 deep, as in the last two convs on a 9-12 frame clip: those weights got garbage, at
+        # times inf/NaN (issue 13; tests/test_numerics.py). CUDA autocast is left alone.
         with torch.autocast("cpu", enabled=False):
             return super().forward(diff.float()).mean(dim=2)  # (N, c, H/16, W/16)
 

@@ -154,3 +154,22 @@ def test_one_host_sync_per_iteration(one_thread, monkeypatch):
         losses = align.step(window, long_start=1)
         assert reads == ["tolist"], reads
         assert all(isinstance(v, float) for v in losses.values())
+
+
+def test_a_checkpoint_of_the_unfused_adam_resumes_into_the_guarded_step(one_thread):
+    """Optimizer states saved before the guard (plain Adam) load into the fused Adam it needs,
+    keeping their moments, and the next step runs."""
+    torch.manual_seed(0)
+    model = lmc.LMCModel(small_cfg())
+    window = torch.rand(2, 13, 1, 32, 32)
+    old = torch.optim.Adam(model.parameters(), lr=1e-3)
+    lmc.prediction_loss(model(window[:, :9]), window[:, 9:]).backward()
+    old.step()
+    align = lmc.MemoryAlignment(model, lr=1e-3)
+    align.load_state_dict({"optimizer": old.state_dict(), "iteration": 7,
+                           "generator": align.generator.get_state()})
+    assert all(g["fused"] for g in align.optimizer.param_groups)
+    first = next(iter(old.state.values()))["exp_avg"]
+    assert torch.equal(next(iter(align.optimizer.state.values()))["exp_avg"], first)
+    align.step(window, long_start=1)
+    assert align.iteration == 8

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..accel import compile_problem
 from ..alignment import NonFiniteLossError
 from ..checkpoint import MODEL_FILE
 from ..config import ConfigError, LMCConfig
@@ -56,6 +57,10 @@ def check(cfg: LMCConfig, s: RunSettings):
                           f"multiple of num_workers = {s.num_workers} (it is the global batch)")
     if s.use_gpu is False and s.autocast != "none":
         raise ConfigError("run setting 'autocast' = 'bf16' needs --gpus (off on CPU)")
+    if s.compile:
+        why = compile_problem("cuda" if s.use_gpu else "cpu")
+        if why:
+            raise ConfigError(f"run setting 'compile' = True cannot work here: {why}")
     facts = DatasetFacts.read(s.data)
     facts.require(channels=cfg.channels, img_size=cfg.img_size, short_len=cfg.short_len,
                   train_len=cfg.window_len, splits=("train", "test"))
