@@ -45,6 +45,17 @@ def ray_session():
     ray.shutdown()
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: on this shared 2-core machine two OpenMP threads run ~40x slower."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 # -- shard datasets shared by several modules (one preparation each per session) ---------------
 
 @pytest.fixture(scope="session")

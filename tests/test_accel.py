@@ -7,15 +7,6 @@ import lmc
 from lmc.accel import GraphedRollout, compile_problem
 
 
-@pytest.fixture
-def one_thread():
-    """One intra-op thread: on this shared 2-core machine two OpenMP threads run ~40x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny_model(seed=0):
     torch.manual_seed(seed)
     return lmc.LMCModel(lmc.preset("tiny"))

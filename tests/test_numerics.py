@@ -27,15 +27,6 @@ def small_cfg(**kw):
     return lmc.preset("tiny", **{**SMALL, **kw})
 
 
-@pytest.fixture
-def one_thread():
-    """One intra-op thread: on this shared 2-core machine two OpenMP threads run ~40x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def poison_heap(*_):
     """Leave freed heap chunks full of NaN bit patterns, so that memory a kernel reads without
     having written it reads as NaN (what made the corruption intermittent: stale memory)."""
