@@ -37,6 +37,7 @@ class LocalCluster:
         # a loaded 2-core machine starts a node's agents slowly: give the raylet more than its
         # default time to see them
         env.setdefault("RAY_agent_register_timeout_ms", "180000")
+        env.setdefault("RAY_raylet_start_wait_time_s", "120")   # its wait for the agents' ports
         env["RAY_USAGE_STATS_ENABLED"] = "0"
         self.env = env
         # short: Ray's socket paths must stay under the 107-byte limit
@@ -66,9 +67,10 @@ class LocalCluster:
             return f.read()[-2000:]
 
     def start_head(self, cpus: int = 1, extra: list[str] = (), temp_dir: bool = True,
-                   timeout_s: float = 120) -> str:
+                   timeout_s: float = 120, wait_for_node: bool = True) -> str:
         """The head (with the job server); ``temp_dir=False`` leaves Ray's default temp dir
-        (RAY_TMPDIR in ``env``), where `ray start` records the cluster's address."""
+        (RAY_TMPDIR in ``env``), where `ray start` records the cluster's address;
+        ``wait_for_node=False`` returns once the job server answers (its id is then "head")."""
         proc = self._spawn(["--head", f"--port={self.port}", f"--num-cpus={cpus}",
                             "--include-dashboard=true", "--dashboard-host=127.0.0.1",
                             f"--dashboard-port={self.dash}",
@@ -86,6 +88,9 @@ class LocalCluster:
                     raise RuntimeError(f"ray head did not start (exit {proc.poll()}):\n"
                                        + self._log_tail())
                 time.sleep(1)
+        if not wait_for_node:
+            self.procs["head"] = proc
+            return "head"
         return self._register(proc, timeout_s)
 
     def add_node(self, cpus: int = 1, timeout_s: float = 120, tries: int = 3) -> str:

@@ -165,20 +165,26 @@ def test_a_lost_node_is_replaced_and_the_run_resumes(cluster, s3, s3_server, vid
     from ray.job_submission import JobStatus, JobSubmissionClient
     client = JobSubmissionClient(cluster.url)
 
-    def checkpoints():
-        found = s3.list_objects_v2(Bucket="lmc", Prefix="mn-runs/loss/").get("Contents", [])
-        return sorted({int(k["Key"].split("checkpoint_")[1][:9]) for k in found
-                       if "/checkpoint_" in k["Key"] and k["Key"].endswith("config.json")})
+    def registered() -> int:
+        """The latest checkpoint Ray Train has committed (its snapshot in the run folder): a
+        checkpoint whose files are uploaded counts only once the controller registers it, a
+        moment later, so the files alone say too much."""
+        try:
+            snapshot = read_json(s3, "mn-runs/loss/checkpoint_manager_snapshot.json")
+        except s3.exceptions.NoSuchKey:
+            return 0
+        latest = snapshot.get("latest_checkpoint_result") or {}
+        return latest.get("metrics", {}).get("iteration", 0)
 
     deadline = time.time() + 600
-    while not checkpoints() or checkpoints()[-1] < every:
+    while registered() < every:
         assert client.get_job_status(job) not in (JobStatus.FAILED, JobStatus.STOPPED), \
             client.get_job_logs(job)[-3000:]
         assert time.time() < deadline, "no checkpoint within 10 minutes"
-        time.sleep(1)
+        time.sleep(0.5)
     worker_node = next(n for n in cluster.procs if n != next(iter(cluster.procs)))
-    before = checkpoints()[-1]
     killed_at = cluster.kill(worker_node)           # the second node dies mid-run
+    before = registered()                           # what a restart can resume from
     replacement = cluster.add_node(cpus=1)           # ... and a new machine joins
     while client.get_job_status(job) not in (JobStatus.SUCCEEDED, JobStatus.FAILED,
                                              JobStatus.STOPPED):
@@ -191,7 +197,8 @@ def test_a_lost_node_is_replaced_and_the_run_resumes(cluster, s3, s3_server, vid
     assert m["iterations"] == total
     restart = m["attempts"][-1]
     assert restart["cause"] == "restart after a failure"
-    assert before <= restart["iteration"] <= before + every     # at most one interval lost
+    # it resumes from the latest committed checkpoint (one may commit while the group fails)
+    assert before <= restart["iteration"] <= before + every
     assert restart["iteration"] % every == 0
     nodes = {w["node_id"] for w in restart["workers"]}
     assert replacement in nodes and worker_node not in nodes

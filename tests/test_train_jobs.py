@@ -1,89 +1,43 @@
 """The training job as users run it: `ray job submit` against a real local head, its command
 line (one flag per config field), the prepare jobs' defaults, and the cluster launcher config.
 
-The head is a separate Ray instance (own temp dir and ports) next to the session's `ray_session`
-cluster. `ray stop` cannot target one instance (it stops every Ray on the machine), so the head
-runs as `ray start --head --block` in its own process group, which the teardown terminates.
+The head is a separate Ray instance (own temp dir and ports; `local_cluster.LocalCluster`) next
+to the session's `ray_session` cluster, ended through its process group, never by `ray stop`.
 """
 import json
 import os
 import re
 import secrets
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
 
 import pytest
 import yaml
 
+from local_cluster import LocalCluster
 from test_train import CFG, IMG, OUT, SHORT
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _auth_env(mode: str) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH") and k != "RAY_ADDRESS"}
     if mode == "token":  # a token of the test's own; the user's ~/.ray/auth_token is untouched
-        env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
-    else:
-        env["RAY_AUTH_MODE"] = "disabled"
+        env["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
     return env
 
 
 @pytest.fixture(params=["token", "disabled"])
 def head(request):
-    env = _auth_env(request.param)
-    # short temp dir: Ray's socket paths must stay under the 107-byte limit
-    temp = tempfile.mkdtemp(prefix="lmc-head-", dir="/tmp")
-    port, dash = _free_port(), _free_port()
-    cmd = ["ray", "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
-           "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2",
-           "--include-dashboard=true", f"--temp-dir={temp}", "--disable-usage-stats",
-           # the session cluster's agent holds the default agent ports: pick free ones
-           f"--dashboard-agent-listen-port={_free_port()}",
-           f"--dashboard-agent-grpc-port={_free_port()}",
-           f"--runtime-env-agent-port={_free_port()}", f"--metrics-export-port={_free_port()}"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    url = f"http://127.0.0.1:{dash}"
+    cluster = LocalCluster(_auth_env(request.param), auth_mode=request.param)
     try:
-        deadline = time.time() + 90
-        while True:  # the job server answers (401 with token auth still means it is up)
-            try:
-                urllib.request.urlopen(url + "/api/version", timeout=2)
-                break
-            except urllib.error.HTTPError:
-                break
-            except OSError:
-                if proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError(f"ray head did not start (exit {proc.poll()})")
-                time.sleep(1)
-        yield {"url": url, "env": env, "mode": request.param}
+        # the state API behind node registration needs the token this process lacks: wait
+        # for the job server only
+        cluster.start_head(cpus=2, wait_for_node=False)
+        yield {"url": cluster.url, "env": cluster.env, "mode": request.param}
     finally:
-        for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 10)):
-            try:
-                os.killpg(proc.pid, sig)
-                proc.wait(timeout=wait)
-                break
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                continue
-        time.sleep(1)
-        try:  # children that left the group (none expected) still carry the temp dir
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        shutil.rmtree(temp, ignore_errors=True)
+        cluster.shutdown()
 
 
 @pytest.mark.slow  # a head start and a 1-worker job: ~60 s per auth mode on 2 cores
