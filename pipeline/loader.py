@@ -28,12 +28,15 @@ def _split_files(path: str, split: str) -> tuple[Location, list[str]]:
     return loc, DatasetFacts.read(loc).split_files(split)
 
 
-def load_split(path: str, split: str):
-    """A split's shards as a `ray.data.Dataset` (rows as stored; see `frames_from_row`)."""
+def load_split(path: str, split: str, read_cpus: float | None = None):
+    """A split's shards as a `ray.data.Dataset` (rows as stored; see `frames_from_row`).
+    ``read_cpus``: the CPUs each read task asks Ray for (Ray Data's default: 1)."""
     import ray
 
     loc, files = _split_files(path, split)
-    return ray.data.read_parquet([loc.path(f) for f in files], filesystem=loc.fs)
+    return ray.data.read_parquet([loc.path(f) for f in files], filesystem=loc.fs,
+                                 ray_remote_args=None if read_cpus is None
+                                 else {"num_cpus": read_cpus})
 
 
 def _to_windows(frames: np.ndarray, shape: tuple, window_len: int | None):

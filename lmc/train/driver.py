@@ -190,18 +190,27 @@ def train(cfg: LMCConfig, settings: RunSettings, *, hooks=(), callbacks: list | 
     return metrics
 
 
+# What each read task of the train split asks Ray for. Less than a CPU, so that a read fits
+# beside the workers on a node they share: on two 1-CPU nodes with a worker each, a 1-CPU read
+# (Ray Data's default; also a lost node's blocks being rebuilt) would wait forever.
+READ_TASK_CPUS = 0.25
+
+
 def _train_dataset(data: str, facts):
     """The train split as a Ray Dataset; small ones are read once into the object store, so
-    every epoch's split does not read and decode the Parquet files again."""
+    every epoch's split does not read and decode the Parquet files again (blocks lost with a
+    node are read again by Ray, at ``READ_TASK_CPUS`` each)."""
     import pipeline
-    ds = pipeline.load_split(data, "train")
+    ds = pipeline.load_split(data, "train", read_cpus=READ_TASK_CPUS)
     return ds.materialize() if facts.bytes.get("train", 1 << 62) < 1 << 30 else ds
 
 
 def _cpus_per_worker(s: RunSettings, verbose: bool) -> float:
-    """The CPUs Ray reserves per worker. Ray Data's read tasks need a CPU too: on a small
+    """The CPUs Ray reserves per worker. Ray Data's read tasks need CPUs too: on a small
     cluster where the workers would take every CPU the shard reading would wait forever, so
-    reserve less per worker there (the torch thread count, ``s.torch_threads``, stays)."""
+    reserve less per worker there, leaving one CPU to Ray Data (whose reads ask for
+    ``READ_TASK_CPUS`` each, so they fit on a node's leftover; the torch thread count,
+    ``s.torch_threads``, stays)."""
     import ray
     total = ray.cluster_resources().get("CPU", 0)
     if s.use_gpu or total - s.num_workers * s.cpus_per_worker >= 1 or total <= 1:
