@@ -49,8 +49,6 @@ class Trainer:
         import ray.train
         import ray.train.torch
 
-        import pipeline
-
         self.cfg, self.s, self.protocol, self.hooks = cfg, settings, protocol, list(hooks)
         self.run = storage_location(run_uri)
         ctx = ray.train.get_context()
@@ -58,23 +56,47 @@ class Trainer:
         torch.set_num_threads(settings.torch_threads)
         self.device = ray.train.torch.get_device()
 
-        # The model, then the latest checkpoint (if any), then DDP (it broadcasts rank 0's
-        # weights). Each phase leaves one encoder unused: find_unused_parameters.
-        torch.manual_seed(cfg.seed)
+        state = self._build_model()
+        self._restore(state)
+        self._record_attempt(submission)
+        self.log_every = settings.log_interval(cfg.iterations)
+        self.eval_every = settings.eval_interval(cfg.iterations)
+        self.checkpoint_every = settings.checkpoint_interval(cfg.iterations)
+        self.batches = self._open_batches()
+        self.lpips = None
+        self.val_baselines: dict = {}    # the baselines' validation scores: fixed windows, once
+        self.tensorboard = TensorBoard(self.run) if self.rank == 0 else None
+        self.last_report: dict = {}
+        self._reset_throughput()
+        for h in self.hooks:
+            h.setup(self)
+
+    def _build_model(self) -> dict | None:
+        """The model, from the latest checkpoint (if any), under DDP (which broadcasts rank 0's
+        weights; each phase leaves one encoder unused: find_unused_parameters), and its
+        ``MemoryAlignment``. Returns the checkpoint's train state (None for a new run)."""
+        import ray.train
+        import ray.train.torch
+
+        torch.manual_seed(self.cfg.seed)
         state, ckpt = None, ray.train.get_checkpoint()
         if ckpt is not None:
             with ckpt.as_directory() as d:
-                core = load_model(d, cfg)            # refuses another architecture, listing keys
+                core = load_model(d, self.cfg)       # refuses another architecture, listing keys
                 state = load_train_state(d)
         else:
-            core = LMCModel(cfg)
-        if settings.compile:
+            core = LMCModel(self.cfg)
+        if self.s.compile:
             core.compile_regions()     # per-timestep regions, not the unrolled rollout
         model = ray.train.torch.prepare_model(
             core, parallel_strategy_kwargs={"find_unused_parameters": True})
         self.core = unwrap(model)
         self.align = MemoryAlignment(
-            model, autocast_dtype=torch.bfloat16 if settings.autocast == "bf16" else None)
+            model, autocast_dtype=torch.bfloat16 if self.s.autocast == "bf16" else None)
+        return state
+
+    def _restore(self, state: dict | None) -> None:
+        """Optimizer, iteration, RNG states and the run's history from a checkpoint."""
         self.history, self.val_history, self.attempts = [], [], []
         if state is not None:
             self.align.load_state_dict(state["alignment"])
@@ -83,8 +105,10 @@ class Trainer:
             self.attempts = state.get("attempts") or [   # older checkpoints kept starts only
                 {"iteration": i, "submission": None} for i in state.get("starts", [])]
         self.start = self.align.iteration
-        # Where this attempt runs and why it started: a new run, the same run submitted again,
-        # or Ray Train restarting the worker group after a failure (same submission).
+
+    def _record_attempt(self, submission: str) -> None:
+        """Where this attempt runs and why it started: a new run, the same run submitted again,
+        or Ray Train restarting the worker group after a failure (same submission)."""
         self.workers = _gather_workers(self.rank, self.world)
         self.attempts = self.attempts + [{
             "iteration": self.start, "submission": submission, "started_at": time.time(),
@@ -93,23 +117,20 @@ class Trainer:
                       "restart after a failure" if self.attempts[-1]["submission"] == submission
                       else "resubmitted")}]
 
-        self.log_every = settings.log_interval(cfg.iterations)
-        self.eval_every = settings.eval_interval(cfg.iterations)
-        self.checkpoint_every = settings.checkpoint_interval(cfg.iterations)
+    def _open_batches(self):
+        """This worker's endless stream of training windows (a resumed run shuffles afresh)."""
+        import ray.train
+
+        import pipeline
+
+        cfg = self.cfg
         per_worker = cfg.batch_size // self.world
-        self.batches = pipeline.iter_train_batches(
+        return pipeline.iter_train_batches(
             ray.train.get_dataset_shard("train"), batch_size=per_worker,
             window_len=cfg.window_len, epochs=None,
             local_shuffle_buffer_size=pipeline.shuffle_buffer_rows(
                 cfg.window_len * cfg.img_size ** 2 * cfg.channels, per_worker),
-            seed=cfg.seed + 7919 * self.rank + 104_729 * self.start)  # resumed: fresh orders
-        self.lpips = None
-        self.val_baselines: dict = {}    # the baselines' validation scores: fixed windows, once
-        self.tensorboard = TensorBoard(self.run) if self.rank == 0 else None
-        self.last_report: dict = {}
-        self._reset_throughput()
-        for h in self.hooks:
-            h.setup(self)
+            seed=cfg.seed + 7919 * self.rank + 104_729 * self.start)
 
     # -- the loop --------------------------------------------------------------------------------
     def fit(self) -> None:
