@@ -35,8 +35,7 @@ def load_split(path: str, split: str, read_cpus: float | None = None):
 
     loc, files = _split_files(path, split)
     return ray.data.read_parquet([loc.path(f) for f in files], filesystem=loc.fs,
-                                 ray_remote_args=None if read_cpus is None
-                                 else {"num_cpus": read_cpus})
+                                 num_cpus=read_cpus)
 
 
 def _to_windows(frames: np.ndarray, shape: tuple, window_len: int | None):
