@@ -93,18 +93,24 @@ def run_ablation(cfg: LMCConfig, *, data: str, storage: str, name: str = "ablati
             rep = evaluate(ckpt, data, protocols=[protocol], batch_size=batch_size,
                            max_samples=eval_windows, timing=timing_repeats > 0,
                            timing_repeats=max(1, timing_repeats), log=None)
-        p = rep["protocols"][protocol.name]
         timing = next(iter(rep["inference_time"].values()), None)
-        rows.append({"design": d, "query": d, "seed": configs[d, seed].seed,
-                     "label": DESIGNS[d], "run": metrics["run"],
-                     "protocol": protocol.name, "num_samples": p["num_samples"],
-                     "mean": p["mean"], "lpips": rep["lpips"],
-                     "baselines": {b: v["mean"] for b, v in rep["baselines"][protocol.name].items()},
-                     "verdict": rep["verdict"][protocol.name],
-                     "inference_s": timing["median_s"] if timing else None,
-                     "inference_protocol": timing["protocol"] if timing else None,
-                     "parameters": LMCModel(configs[d, seed]).num_parameters()})
+        rows.append(table_row(configs[d, seed], metrics["run"], protocol.name,
+                              rep["protocols"][protocol.name], rep["baselines"][protocol.name],
+                              rep["verdict"][protocol.name], rep["lpips"], timing))
     return rows
+
+
+def table_row(cfg: LMCConfig, run: str, protocol: str, scores: dict, baselines: dict,
+              verdict: str, lpips: str, timing: dict | None = None) -> dict:
+    """One run's row of the table: ``scores`` and each of ``baselines`` are a protocol's summary
+    ({"num_samples", "mean"}), ``timing`` the batch-1 inference time (None: not timed)."""
+    return {"design": cfg.query, "query": cfg.query, "seed": cfg.seed, "label": DESIGNS[cfg.query],
+            "run": run, "protocol": protocol, "num_samples": scores["num_samples"],
+            "mean": scores["mean"], "lpips": lpips,
+            "baselines": {b: v["mean"] for b, v in baselines.items()}, "verdict": verdict,
+            "inference_s": timing["median_s"] if timing else None,
+            "inference_protocol": timing["protocol"] if timing else None,
+            "parameters": LMCModel(cfg).num_parameters()}
 
 
 def format_table(rows: list[dict]) -> str:

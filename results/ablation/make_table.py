@@ -17,8 +17,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from lmc.config import LMCConfig  # noqa: E402
-from lmc.experiments.ablation import DESIGNS, format_table, write_table  # noqa: E402
-from lmc.model import LMCModel  # noqa: E402
+from lmc.experiments.ablation import DESIGNS, format_table, table_row, write_table  # noqa: E402
 
 
 def rows(runs: str, name: str, seeds) -> list[dict]:
@@ -31,16 +30,12 @@ def rows(runs: str, name: str, seeds) -> list[dict]:
                 print(f"skipped {run}: not finished", file=sys.stderr)
                 continue
             m = json.load(open(path))
-            cfg = LMCConfig.from_dict(m["config"])
-            out.append({"design": design, "query": design, "seed": seed, "label": DESIGNS[design],
-                        "run": m["run"], "protocol": m["protocol"],
-                        "num_samples": m["test"]["num_samples"], "mean": m["test"]["mean"],
-                        "lpips": "unavailable (no AlexNet weights on this machine)"
-                        if "lpips" not in m["test"]["mean"] else "available",
-                        "baselines": {b: v["mean"] for b, v in m["baselines"].items()},
-                        "verdict": m["verdict"], "iterations": m["iterations"],
-                        "inference_s": None, "inference_protocol": "not timed (results/ablation/make_table.py)",
-                        "parameters": LMCModel(cfg).num_parameters()})
+            lpips = ("available" if "lpips" in m["test"]["mean"]
+                     else "unavailable (no AlexNet weights on this machine)")
+            out.append({**table_row(LMCConfig.from_dict(m["config"]), m["run"], m["protocol"],
+                                    m["test"], m["baselines"], m["verdict"], lpips),
+                        "iterations": m["iterations"],
+                        "inference_protocol": "not timed (results/ablation/make_table.py)"})
     return out
 
 
