@@ -18,6 +18,8 @@ import importlib.util
 
 import torch
 
+from .model import unwrap
+
 
 def compile_problem(device_type: str = "cpu") -> str | None:
     """The reason ``torch.compile`` cannot run on ``device_type`` ("cpu" or "cuda") here, or
@@ -53,7 +55,7 @@ class GraphedRollout:
     def __init__(self, model, batch: int, out_len: int | None = None,
                  autocast_dtype: torch.dtype | None = None, warmup: int = 3):
         self.model = model
-        cfg = model.cfg
+        cfg = unwrap(model).cfg          # a DDP-wrapped model too
         self.out_len = cfg.out_len if out_len is None else int(out_len)
         self.shape = (batch, cfg.short_len, cfg.channels, cfg.img_size, cfg.img_size)
         self.autocast_dtype = autocast_dtype

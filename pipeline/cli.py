@@ -43,10 +43,8 @@ def run(args: argparse.Namespace, make_source) -> dict:
     input raises ValueError / OSError naming the flag or file (the job prints it)."""
     from pipeline.preparation import prepare
 
-    from pipeline.cluster import connect
-
     summary = prepare(make_source(), args.output, config_from_args(args),
-                      overwrite=args.overwrite, init_ray=lambda: connect(args.address))
+                      overwrite=args.overwrite, address=args.address)
     if args.summary_json:
         with open(args.summary_json, "w") as f:
             json.dump(summary, f, indent=1)

@@ -24,9 +24,11 @@ def cluster_address(address: str | None = None) -> str | None:
 def probe(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
     """Raise ConnectionError within ``timeout_s`` unless something listens at host:port."""
     if "://" in address and not address.startswith("ray://"):
-        return                                  # a dashboard URL: the job client's business
+        raise ValueError(f"Ray address {address!r} is a URL (the job server's, for `ray job "
+                         "submit --address URL -- python jobs/...`); a job joins the head's GCS "
+                         "address host:port (e.g. 127.0.0.1:6379) or ray://host:port")
     host, _, port = address.removeprefix("ray://").rpartition(":")
-    if not host or not port.isdigit():
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"Ray address {address!r}: expected host:port (the head's GCS port, "
                          "e.g. 127.0.0.1:6379) or ray://host:port")
     try:

@@ -26,13 +26,13 @@ def _rows(item: dict, source, config: ShardConfig):
 
 
 def prepare(source, output: str, config: ShardConfig | None = None, *, overwrite: bool = False,
-            verbose: bool = True, init_ray=None) -> dict:
+            verbose: bool = True, address: str | None = None) -> dict:
     """Prepare `source` into shards at `output` (path or s3://); returns the summary dict.
 
     The summary has counts (videos read/skipped, windows per split, frames decoded and written,
     bytes), the wall time and frames/s, plus `output` and `noop` (True when the output already
-    held this exact dataset and nothing was done). `init_ray`: how to start or join Ray when
-    there is work to do (default `pipeline.cluster.connect()`); everything before it needs no Ray.
+    held this exact dataset and nothing was done). Ray is started or joined
+    (`pipeline.cluster.connect(address)`) only when there is work to do.
     """
     config = config or ShardConfig()
     if hasattr(source, "check"):
@@ -62,7 +62,7 @@ def prepare(source, output: str, config: ShardConfig | None = None, *, overwrite
     from pipeline.cluster import connect
     from pipeline.sink import ShardDatasink   # before joining: a job driver's copy of the code
                                               # can be swapped while it connects
-    (init_ray or connect)()
+    connect(address)
     t0 = time.perf_counter() - listing  # the run's time, without Ray's start-up
     if hasattr(source, "digits") and isinstance(source.digits, dict):
         # shipped once, not inside every task; a copy, so the caller's source keeps its arrays

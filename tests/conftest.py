@@ -7,10 +7,11 @@ Lanes: `python -m pytest -q` runs the fast tests (pyproject's addopts deselect `
 """
 import importlib.util
 import os
-import socket
 import sys
 
 import pytest
+
+from local_cluster import free_port
 
 # Tests talk to 127.0.0.1 only and must not pick up a user's cluster.
 os.environ.pop("RAY_ADDRESS", None)
@@ -113,9 +114,7 @@ def s3_server():
     """A real S3-compatible server (moto's) on 127.0.0.1; its endpoint URL."""
     from moto.server import ThreadedMotoServer
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     yield f"http://127.0.0.1:{port}"

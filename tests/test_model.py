@@ -136,9 +136,6 @@ def test_alignment_step_offsets_warmup_and_determinism():
         align.step(torch.rand(1, 13, 1, 32, 32), long_start=2)
     with pytest.raises(ValueError, match=r"short_len \+ out_len = 13"):
         align.step(torch.rand(1, 12, 1, 32, 32))
-    # r is drawn from [0, short+out-long] = {0, 1}: both values show up
-    seen = {int(torch.randint(0, 2, (1,), generator=align.generator)) for _ in range(50)}
-    assert seen == {0, 1}
 
 
 def _record_long_clips(model, window):

@@ -9,6 +9,7 @@ import pytest
 import lmc
 from lmc.train.driver import check_placement
 from lmc.train.run import RunSettings
+from local_cluster import free_port
 from pipeline.cluster import cluster_address, probe
 
 
@@ -70,9 +71,7 @@ def test_which_cluster_a_job_joins(monkeypatch):
 
 
 def test_a_dead_address_fails_in_seconds_and_a_live_one_passes():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]                              # nobody listens there now
+    port = free_port()                                         # nobody listens there now
     t0 = time.time()
     with pytest.raises(ConnectionError, match=f"no Ray cluster answers at 127.0.0.1:{port}"):
         probe(f"127.0.0.1:{port}")
@@ -83,3 +82,7 @@ def test_a_dead_address_fails_in_seconds_and_a_live_one_passes():
         probe(f"127.0.0.1:{server.getsockname()[1]}")
     with pytest.raises(ValueError, match="expected host:port"):
         probe("somewhere")
+    with pytest.raises(ValueError, match="expected host:port"):
+        probe("127.0.0.1:99999")
+    with pytest.raises(ValueError, match="is a URL .*ray job submit --address URL"):
+        probe("http://127.0.0.1:8265")                     # the dashboard's, not the GCS

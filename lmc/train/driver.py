@@ -246,7 +246,7 @@ def check_placement(s: RunSettings, per_worker: dict, nodes: list[dict], *,
                                                            for n in nodes):
         problem = (f"--placement-strategy STRICT_PACK puts all {s.num_workers} workers on one "
                    "node, but no node can hold them all")
-    elif sum(int(min(n["resources"].get(r, 0) / v for r, v in per_worker.items()))
+    elif sum(int(min(n["resources"].get(r, 0) / v for r, v in per_worker.items()) + 1e-9)
              for n in nodes) < s.num_workers:
         problem = f"the cluster cannot hold {want} at once (--num-workers)"
     if problem is None:
@@ -254,7 +254,7 @@ def check_placement(s: RunSettings, per_worker: dict, nodes: list[dict], *,
     have = "; ".join(f"node {n['id'][:8]}: {fmt(n['resources'])}" for n in nodes) or "no nodes"
     message = f"{problem}. Requested: {want}; the cluster has {have}"
     if not autoscaling:
-        raise ValueError(message)
+        raise ConfigError(message)
     if log:
         log(f"waiting for the autoscaler: {message}")
 
