@@ -5,6 +5,7 @@ import argparse
 import json
 import sys
 
+from pipeline.cluster import add_address_flag
 from pipeline.config import ShardConfig
 
 
@@ -26,8 +27,7 @@ def shard_parser(description: str, *, img_size: int, channels: int = 1, out_len:
     p.add_argument("--overwrite", action="store_true",
                    help="replace a dataset prepared with a different config")
     p.add_argument("--summary-json", default=None, help="also write the summary dict here")
-    p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else an "
-                                     "embedded Ray)")
+    add_address_flag(p)
     return p
 
 

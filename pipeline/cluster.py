@@ -21,6 +21,12 @@ def cluster_address(address: str | None = None) -> str | None:
     return address or os.environ.get("RAY_ADDRESS") or None
 
 
+def add_address_flag(parser) -> None:
+    """Every job's ``--address`` (argparse), read by ``connect``."""
+    parser.add_argument("--address", help="Ray cluster to join, the head's host:port (default: "
+                        "RAY_ADDRESS, as under `ray job submit`, else an embedded Ray)")
+
+
 def probe(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
     """Raise ConnectionError within ``timeout_s`` unless something listens at host:port."""
     if "://" in address and not address.startswith("ray://"):

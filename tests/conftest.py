@@ -121,16 +121,28 @@ def s3_server():
     server.stop()
 
 
-@pytest.fixture
-def s3_env(s3_server, monkeypatch):
-    """Fake env-only credentials and the endpoint override; a boto3 client with bucket "lmc"."""
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing-key-id")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing-secret-do-not-log")
-    monkeypatch.setenv("AWS_REGION", "us-east-1")
-    monkeypatch.setenv("LMC_S3_ENDPOINT", s3_server)
+S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing-key-id",
+                  "AWS_SECRET_ACCESS_KEY": "testing-secret-do-not-log", "AWS_REGION": "us-east-1"}
+
+
+def s3_settings(endpoint: str) -> dict:
+    """Fake env-only credentials and the endpoint override, as environment variables."""
+    return {**S3_CREDENTIALS, "LMC_S3_ENDPOINT": endpoint}
+
+
+def s3_client(endpoint: str):
+    """A boto3 client of the server at ``endpoint``, with bucket "lmc"."""
     import boto3
 
-    client = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
     if "lmc" not in [b["Name"] for b in client.list_buckets().get("Buckets", [])]:
         client.create_bucket(Bucket="lmc")
     return client
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    """``s3_settings`` in this process's environment; a boto3 client with bucket "lmc"."""
+    for k, v in s3_settings(s3_server).items():
+        monkeypatch.setenv(k, v)
+    return s3_client(s3_server)

@@ -45,6 +45,7 @@ class LocalCluster:
         self.procs: dict[str, subprocess.Popen] = {}     # node id -> `ray start` process
         self.logs: list[str] = []                        # their output, in start order
         self.killed: set[str] = set()                    # reported alive until Ray notices
+        self.state_api_error: str | None = None
         self.port, self.dash = free_port(), free_port()
         self.address, self.url = f"127.0.0.1:{self.port}", f"http://127.0.0.1:{self.dash}"
 
@@ -117,7 +118,8 @@ class LocalCluster:
                 break
             time.sleep(1)
         self._end(proc)
-        raise RuntimeError(f"node did not join (exit {proc.poll()}):\n" + self._log_tail())
+        raise RuntimeError(f"node did not join (exit {proc.poll()}; last state API error: "
+                           f"{self.state_api_error}):\n" + self._log_tail())
 
     def node_ids(self) -> list[str]:
         """Alive node ids (from the state API behind the job server)."""
@@ -125,7 +127,8 @@ class LocalCluster:
         try:
             return [n.node_id for n in list_nodes(address=self.url, timeout=10)
                     if n.state == "ALIVE"]
-        except Exception:
+        except Exception as e:          # the state API not up yet: asked again; kept for errors
+            self.state_api_error = f"{type(e).__name__}: {e}"
             return []
 
     def kill(self, node: str) -> float:
@@ -153,6 +156,6 @@ class LocalCluster:
             pass
 
     def shutdown(self) -> None:
-        for node in [n for n in self.procs if self.procs[n] is not None][::-1]:
+        for node in list(self.procs)[::-1]:
             self._end(self.procs.pop(node))
         shutil.rmtree(self.temp, ignore_errors=True)

@@ -21,6 +21,7 @@ import time
 
 import pytest
 
+from conftest import s3_client, s3_settings
 from local_cluster import LocalCluster, free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,20 +34,10 @@ TINY = ["--preset", "tiny", "--img-size", "32", "--short-len", "9", "--out-len",
 pytestmark = [pytest.mark.slow, pytest.mark.multinode]
 
 
-def _s3_env(s3_server) -> dict:
-    return {"AWS_ACCESS_KEY_ID": "testing-key-id", "AWS_SECRET_ACCESS_KEY": "testing-secret",
-            "AWS_REGION": "us-east-1", "LMC_S3_ENDPOINT": s3_server}
-
-
 @pytest.fixture(scope="module")
 def s3(s3_server):
-    import boto3
-
-    os.environ.update(_s3_env(s3_server))      # this process reads and writes the bucket too
-    client = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
-    if "lmc" not in [b["Name"] for b in client.list_buckets().get("Buckets", [])]:
-        client.create_bucket(Bucket="lmc")
-    return client
+    os.environ.update(s3_settings(s3_server))    # this process reads and writes the bucket too
+    return s3_client(s3_server)
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +66,7 @@ def cluster():
 def submit(cluster, s3_server, args: list[str], wait: bool = True):
     """`ray job submit` of `python jobs/<args>` with the S3 settings; (returncode, log) when
     waiting, else the submission id."""
-    runtime_env = {"env_vars": _s3_env(s3_server),
+    runtime_env = {"env_vars": s3_settings(s3_server),
                    "excludes": [".git", "runs", "data", ".cache", "results", "docs"]}
     cmd = ["ray", "job", "submit", "--address", cluster.url, "--working-dir", ROOT,
            "--runtime-env-json", json.dumps(runtime_env)]

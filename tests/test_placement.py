@@ -7,7 +7,7 @@ import time
 import pytest
 
 import lmc
-from lmc.train.driver import check_placement
+from lmc.train.driver import check_placement, worker_resources
 from lmc.train.run import RunSettings
 from local_cluster import free_port
 from pipeline.cluster import cluster_address, probe
@@ -55,6 +55,20 @@ def test_placements_that_fit_pass_and_an_autoscaler_only_logs_what_it_waits_for(
                     nodes(1), autoscaling=True, log=logged.append)
     assert len(logged) == 1 and logged[0].startswith("waiting for the autoscaler: ")
     assert "2 worker(s) of CPU 1" in logged[0]
+    asked = []                       # a callable is asked only when the placement does not fit
+    check_placement(settings(num_workers=1), {"CPU": 1}, nodes(1),
+                    autoscaling=lambda: asked.append(1) or True)
+    assert asked == []
+
+
+def test_worker_resources_leave_ray_data_a_cpu_and_add_a_gpu_with_gpus():
+    logged = []
+    assert worker_resources(settings(num_workers=2), nodes(1, 1), log=logged.append) == \
+        {"CPU": 0.5}                                    # two 1-CPU nodes: 1 CPU stays free
+    assert "reserving 0.50 CPU per worker" in logged[0]
+    assert worker_resources(settings(num_workers=2), nodes(4)) == {"CPU": 1.0}
+    assert worker_resources(settings(num_workers=2, use_gpu=True), nodes(2, 2, gpus=1)) == \
+        {"CPU": 1.0, "GPU": 1}
 
 
 def test_placement_strategy_is_validated():

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from pipeline.cluster import add_address_flag
+
 from ..cli import add_config_flags, config_from_args
 
 SWEPT = ("memory_slots", "short_len", "long_len", "lr")   # flags that take several values here
@@ -17,7 +19,7 @@ def tune(argv=None, *, default_preset: str, default_long_len: tuple, doc: str) -
     p.add_argument("--data", required=True, help="shard folder (or s3://...)")
     p.add_argument("--storage", required=True, help="storage root (path or s3://...), as for training")
     p.add_argument("--name", default="sweep", help="the sweep lives in <storage>/<name>/")
-    p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else an embedded Ray)")
+    add_address_flag(p)
     add_config_flags(p, default_preset=default_preset, skip=SWEPT)
     g = p.add_argument_group("the search space")
     g.add_argument("--memory-slots", type=int, nargs="+", default=[25, 50, 100, 200],
@@ -62,7 +64,7 @@ def ablation(argv=None, *, doc: str) -> list[dict]:
     p.add_argument("--storage", required=True, help="run storage root (path or s3://...)")
     p.add_argument("--name", default="ablation",
                    help="runs are <storage>/<name>-<design> (-s<seed> with --seeds)")
-    p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else an embedded Ray)")
+    add_address_flag(p)
     add_config_flags(p, default_preset="paper-kth", skip=("query",))
     p.add_argument("--designs", nargs="+", default=list(DESIGNS), choices=list(DESIGNS))
     p.add_argument("--seeds", nargs="+", type=int,

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from pipeline.cluster import add_address_flag
+
 from ..cli import add_config_flags, config_from_args
 from ..config import LMCConfig
 from .run import PLACEMENT_STRATEGIES, RunSettings
@@ -33,8 +35,7 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
     p.add_argument("--data", help="clip-pair shards (path or s3://) from jobs/prepare_*.py")
     p.add_argument("--storage", default="runs", help="run storage root (path or s3://)")
     p.add_argument("--name", help="run name; the same name resumes (default: <dataset>-<preset>)")
-    p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, as under "
-                                     "`ray job submit`, else an embedded Ray)")
+    add_address_flag(p)
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--gpus", action="store_true", help="one GPU per worker (NCCL)")
     p.add_argument("--cpus-per-worker", type=float, default=1.0)

@@ -152,8 +152,9 @@ def train(cfg: LMCConfig, settings: RunSettings, *, hooks=(), callbacks: list | 
 
     connect(address, configure_logging=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
-    per_worker = {"CPU": _cpus_per_worker(settings, verbose), **({"GPU": 1} if settings.use_gpu else {})}
-    check_placement(settings, per_worker, _alive_nodes(), autoscaling=_has_autoscaler(),
+    nodes = _alive_nodes()
+    per_worker = worker_resources(settings, nodes, log=print if verbose else None)
+    check_placement(settings, per_worker, nodes, autoscaling=_has_autoscaler,
                     log=print if verbose else None)
     storage = storage_location(settings.storage)
     trainer = TorchTrainer(
@@ -205,28 +206,29 @@ def _train_dataset(data: str, facts):
     return ds.materialize() if facts.bytes.get("train", 1 << 62) < 1 << 30 else ds
 
 
-def _cpus_per_worker(s: RunSettings, verbose: bool) -> float:
-    """The CPUs Ray reserves per worker. Ray Data's read tasks need CPUs too: on a small
-    cluster where the workers would take every CPU the shard reading would wait forever, so
-    reserve less per worker there, leaving one CPU to Ray Data (whose reads ask for
-    ``READ_TASK_CPUS`` each, so they fit on a node's leftover; the torch thread count,
-    ``s.torch_threads``, stays)."""
-    import ray
-    total = ray.cluster_resources().get("CPU", 0)
+def worker_resources(s: RunSettings, nodes: list[dict], log=print) -> dict:
+    """What Ray reserves per worker on these ``nodes`` (each {"id", "resources"}): a GPU with
+    --gpus, and CPUs. Ray Data's read tasks need CPUs too: on a small cluster where the workers
+    would take every CPU the shard reading would wait forever, so reserve less per worker there,
+    leaving one CPU to Ray Data (whose reads ask for ``READ_TASK_CPUS`` each, so they fit on a
+    node's leftover; the torch thread count, ``s.torch_threads``, stays)."""
+    gpu = {"GPU": 1} if s.use_gpu else {}
+    total = sum(n["resources"].get("CPU", 0) for n in nodes)
     if s.use_gpu or total - s.num_workers * s.cpus_per_worker >= 1 or total <= 1:
-        return s.cpus_per_worker
+        return {"CPU": s.cpus_per_worker, **gpu}
     cpw = max(0.1, (total - 1) / s.num_workers)
-    if verbose:
-        print(f"reserving {cpw:.2f} CPU per worker (not {s.cpus_per_worker}) so that Ray Data "
-              f"keeps 1 of the cluster's {total:g} CPUs for reading shards")
-    return cpw
+    if log:
+        log(f"reserving {cpw:.2f} CPU per worker (not {s.cpus_per_worker}) so that Ray Data "
+            f"keeps 1 of the cluster's {total:g} CPUs for reading shards")
+    return {"CPU": cpw, **gpu}
 
 
 def check_placement(s: RunSettings, per_worker: dict, nodes: list[dict], *,
-                    autoscaling: bool = False, log=print) -> None:
+                    autoscaling=False, log=print) -> None:
     """Fail early, naming the flag, the request and what the cluster has, when the workers'
     placement group can never be placed on these ``nodes`` (each {"id", "resources"}); with
-    an autoscaler that may add nodes, only say what the run will wait for."""
+    an autoscaler that may add nodes, only say what the run will wait for. ``autoscaling``: a
+    bool, or a callable asked only when the placement does not fit."""
     def fits(res: dict, k: int = 1) -> bool:
         return all(res.get(r, 0) >= k * v - 1e-9 for r, v in per_worker.items())
 
@@ -253,7 +255,7 @@ def check_placement(s: RunSettings, per_worker: dict, nodes: list[dict], *,
         return
     have = "; ".join(f"node {n['id'][:8]}: {fmt(n['resources'])}" for n in nodes) or "no nodes"
     message = f"{problem}. Requested: {want}; the cluster has {have}"
-    if not autoscaling:
+    if not (autoscaling() if callable(autoscaling) else autoscaling):
         raise ConfigError(message)
     if log:
         log(f"waiting for the autoscaler: {message}")
