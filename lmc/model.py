@@ -241,12 +241,12 @@ class LMCModel(nn.Module):
         enc = self.spatial_encoder(short[:, :-1].flatten(0, 1)).unflatten(0, (n, t_in - 1))
         h = [enc.new_zeros(n, cell.hid, *enc.shape[-2:]) for cell in self.convlstm]
         c = [torch.zeros_like(z, dtype=torch.float32) for z in h]   # fp32 cell state
-        recur, predict = self._compiled or (self.recur, self.predict_step)
+        recur, predict = self._compiled or (LMCModel.recur, LMCModel.predict_step)
         for t in range(t_in - 1):
-            h, c = recur(enc[:, t], h, c)
+            h, c = recur(self, enc[:, t], h, c)
         frame, preds = short[:, -1].contiguous(), []   # contiguous like every later frame
         for _ in range(out_len):              # the last known frame, then each prediction fed
-            frame, h, c = predict(frame, h, c, f_mem)   # back (no teacher forcing)
+            frame, h, c = predict(self, frame, h, c, f_mem)   # back (no teacher forcing)
             preds.append(frame)
         return torch.stack(preds, dim=1)                          # (N, out_len, C, H, W)
 
@@ -269,9 +269,10 @@ class LMCModel(nn.Module):
         ``predict_step``) instead of the unrolled rollout. The 39 steps of a rollout reuse two
         small graphs, so compiling costs the same at any horizon; the memory path and the
         batched E_sp run once per sequence and stay eager. ``compile_problem`` says beforehand
-        where this cannot work."""
-        self._compiled = (torch.compile(self.recur, **compile_kwargs),
-                          torch.compile(self.predict_step, **compile_kwargs))
+        where this cannot work. The functions, not bound methods, are compiled: a copy of the
+        model then runs its own weights, not this model's."""
+        self._compiled = (torch.compile(LMCModel.recur, **compile_kwargs),
+                          torch.compile(LMCModel.predict_step, **compile_kwargs))
         return self
 
     def _decode(self, h_top, c_top, f_mem):

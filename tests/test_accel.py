@@ -1,5 +1,7 @@
 """The speed paths against the eager model: regional compilation and the graph-captured rollout
 (its eager fallback here: these tests run on CPU)."""
+import copy
+
 import pytest
 import torch
 
@@ -28,6 +30,12 @@ def test_compiled_regions_match_eager_in_inference_and_training(one_thread):
         lmc.prediction_loss(model(short, long=long), target).backward()
     for (name, a), b in zip(compiled.named_parameters(), eager.parameters()):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-3, atol=1e-6, msg=name)
+    twin = copy.deepcopy(compiled)         # a copy runs its own weights, not the original's
+    with torch.no_grad():
+        for p in twin.parameters():
+            p.mul_(0.5)
+        eager.load_state_dict(twin.state_dict())
+        torch.testing.assert_close(twin(short), eager(short), rtol=1e-4, atol=1e-5)
 
 
 def test_compile_problem_names_the_missing_compiler(monkeypatch):

@@ -15,16 +15,11 @@ import torch
 
 import lmc
 from lmc.model import MotionEncoder
+# small_cfg: 32x32 frames, short 9 / long 12: both C3D stacks end on 2-deep clips (8 -> 4 -> 2
+# and 11 -> 5 -> 2 difference frames), like paper-mmnist's short clip (9 -> 4 -> 2).
+from test_model import small_cfg, snapshot
 
-# 32x32 frames, short 9 / long 12: both C3D stacks end on 2-deep clips (8 -> 4 -> 2 and
-# 11 -> 5 -> 2 difference frames), like paper-mmnist's short clip (9 -> 4 -> 2).
-SMALL = dict(img_size=32, short_len=9, long_len=12, out_len=4, width=0.0625, memory_slots=8,
-             convlstm_layers=2, warmup_iterations=0)
 FAILING_SEEDS = (1, 2, 3, 4, 5, 6)   # each left NaN weights at step 0 with the poisoned heap
-
-
-def small_cfg(**kw):
-    return lmc.preset("tiny", **{**SMALL, **kw})
 
 
 def poison_heap(*_):
@@ -70,10 +65,6 @@ def test_bf16_steps_keep_every_weight_finite(one_thread):
             align.step(window, long_start=1)
             bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
             assert not bad, f"seed {seed}, step {step}: non-finite {bad}"
-
-
-def snapshot(model):
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def nan_gradient_once(param):
