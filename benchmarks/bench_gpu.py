@@ -42,10 +42,17 @@ class Bench:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
 
+    def out_of_time(self) -> bool:
+        return time.perf_counter() > self.deadline
+
+    def note(self, task: str, batch: int, mode: str, **why):
+        """A row of this model that was not measured: ``skipped=`` or ``error=`` says why."""
+        self.rows.append({"task": task, "batch": batch, "impl": "lmc", "mode": mode, **why})
+
     def measure(self, task: str, batch: int, impl: str, mode: str, fn, flops: float | None,
                 **extra):
         row = {"task": task, "batch": batch, "impl": impl, "mode": mode, **extra}
-        if time.perf_counter() > self.deadline:
+        if self.out_of_time():
             self.rows.append({**row, "skipped": "time budget spent"})
             return
         try:
@@ -135,14 +142,13 @@ def main():
         for mode, model, dtype in (("fp32", eager, None), ("bf16", eager, BF16),
                                    ("compile+bf16", compiled, BF16)):
             if model is None:
-                bench.rows.append({"task": "train", "batch": batch, "impl": "lmc", "mode": mode,
-                                   "skipped": why_not_compile})
+                bench.note("train", batch, mode, skipped=why_not_compile)
                 continue
             align = lmc.MemoryAlignment(model, lr=cfg.lr, autocast_dtype=dtype)
             bench.measure("train", batch, "lmc", mode,
                           lambda: align.step(window, long_start=0), flops)
-        bench.rows.append({"task": "train", "batch": batch, "impl": "lmc", "mode": "graphs",
-                           "skipped": "training is not graph-captured (lmc/accel.py says why)"})
+        bench.note("train", batch, "graphs",
+                   skipped="training is not graph-captured (lmc/accel.py says why)")
 
         for n in sorted({1, batch}):
             clip = short[:n]
@@ -158,8 +164,7 @@ def main():
                     ("compile+bf16", compiled, BF16, False), ("graphs+bf16", eager, BF16, True),
                     ("compile+graphs+bf16", compiled, BF16, True)):
                 if model is None:
-                    bench.rows.append({"task": task, "batch": n, "impl": "lmc", "mode": mode,
-                                       "skipped": why_not_compile})
+                    bench.note(task, n, mode, skipped=why_not_compile)
                     continue
                 if graphed:
                     t = time.perf_counter()
@@ -178,7 +183,9 @@ def main():
         "gflop_per_sample": {"train_iteration": train_flops / 1e9,
                              f"infer_{s}_{args.out_len}": infer_flops / 1e9},
         "cudnn_tf32": torch.backends.cudnn.allow_tf32 if cuda else None,
-        "graphs_captured": cuda, "compile": why_not_compile or "per-timestep regions",
+        "graphs_captured": any("graphs" in r["mode"] and r["task"].startswith("infer")
+                               and "median_s" in r for r in bench.rows) and cuda,
+        "compile": why_not_compile or "per-timestep regions",
         "results": bench.rows}, indent=1))
 
 
@@ -190,14 +197,13 @@ def _infer(model, clip, out_len, dtype):
 
 def _graphed(bench, task, n, mode, model, out_len, dtype):
     """A captured rollout (on CPU: the eager fallback), or None with the failure recorded."""
-    if time.perf_counter() > bench.deadline:
-        bench.measure(task, n, "lmc", mode, None, None)     # recorded as skipped
+    if bench.out_of_time():
+        bench.note(task, n, mode, skipped="time budget spent")
         return None
     try:
         return GraphedRollout(model, n, out_len, dtype)
     except Exception as e:
-        bench.rows.append({"task": task, "batch": n, "impl": "lmc", "mode": mode,
-                           "error": f"capture failed: {type(e).__name__}: {str(e)[:300]}"})
+        bench.note(task, n, mode, error=f"capture failed: {type(e).__name__}: {str(e)[:300]}")
         return None
 
 
