@@ -55,3 +55,19 @@ def test_graphed_rollout_falls_back_to_the_eager_model_on_cpu(one_thread):
     assert torch.equal(rollout(short), want)
     with pytest.raises(ValueError, match=r"built for short clips of shape \(2, 10, 1, 64, 64\)"):
         rollout(short[:1])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_graphed_rollout_replays_the_eager_prediction_and_follows_weight_updates():
+    """On a GPU: the captured rollout equals the eager model, also after the weights change in
+    place (the graph reads the parameters' memory, as after an optimizer step)."""
+    model = tiny_model().cuda().eval()
+    cfg = model.cfg
+    short = torch.rand(2, cfg.short_len, 1, cfg.img_size, cfg.img_size, device="cuda")
+    rollout = GraphedRollout(model, batch=2, out_len=5)
+    assert rollout.captured
+    with torch.no_grad():
+        torch.testing.assert_close(rollout(short), model(short, out_len=5), rtol=1e-4, atol=1e-5)
+        for p in model.parameters():
+            p.mul_(0.9)
+        torch.testing.assert_close(rollout(short), model(short, out_len=5), rtol=1e-4, atol=1e-5)
