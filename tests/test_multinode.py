@@ -89,17 +89,20 @@ def read_json(s3, key: str) -> dict:
     return json.loads(s3.get_object(Bucket="lmc", Key=key)["Body"].read())
 
 
-@pytest.fixture(scope="module")
-def one_node_shards(videos_on_s3, tmp_path_factory):
-    """The videos prepared by the job on an embedded one-node Ray, before any cluster starts
-    (a Ray instance in this test process keeps `ray start` nodes from joining: this module
+def prepare_on_one_node(output: str) -> str:
+    """The videos prepared by the job on an embedded one-node Ray, outside any test cluster
+    (a Ray instance in this test process would keep `ray start` nodes from joining: this module
     runs in a pytest process of its own, see .ci/run)."""
-    out = str(tmp_path_factory.mktemp("one-node") / "shards")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    done = subprocess.run([sys.executable, *prepare_args(out)], env=env, cwd=ROOT,
+    done = subprocess.run([sys.executable, *prepare_args(output)], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    return out
+    return output
+
+
+@pytest.fixture(scope="module")
+def one_node_shards(videos_on_s3, tmp_path_factory):
+    return prepare_on_one_node(str(tmp_path_factory.mktemp("one-node") / "shards"))
 
 
 def test_ddp_across_two_nodes_and_data_preparation_on_both(one_node_shards, cluster, s3,
@@ -261,9 +264,9 @@ def test_the_autoscaling_twin_adds_a_worker_node_for_training_and_removes_it(
     cluster.start_head(cpus=1, extra=[f"--autoscaling-config={path}"])
     try:
         head = next(iter(cluster.procs))
-        data = "s3://lmc/mn-shards-autoscale"
-        rc, log = submit(cluster, s3_server, prepare_args(data))
-        assert rc == 0, log[-3000:]
+        # Shards made outside this cluster: a preparation here would have the autoscaler
+        # launch a node and, idle, end it just as the training job's actors land on it.
+        data = prepare_on_one_node("s3://lmc/mn-shards-autoscale")
         t0 = time.time()
         rc, log = submit(cluster, s3_server, [
             "jobs/train_kth.py", "--data", data, "--storage", "s3://lmc/mn-runs",
