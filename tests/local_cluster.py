@@ -63,6 +63,16 @@ class LocalCluster:
                                 env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
 
+    def _node_temp(self) -> str:
+        """A temp dir of the node's own, as a machine of its own has. Without one a node shares
+        the head's session dir, and with it the unpacked `--working-dir` package: each node's
+        runtime-env agent replaces that directory when it first runs the job's code, deleting
+        the working directory of processes already running there (seen as `os.getcwd()`
+        failing and MKL failing to load inside a starting TrainController)."""
+        path = os.path.join(self.temp, f"n{len(self.logs)}")
+        os.makedirs(path, exist_ok=True)
+        return path
+
     def _log_tail(self) -> str:
         with open(self.logs[-1]) as f:
             return f.read()[-2000:]
@@ -100,7 +110,9 @@ class LocalCluster:
         for attempt in range(tries):
             try:
                 return self._register(self._spawn([f"--address={self.address}",
-                                                   f"--num-cpus={cpus}"]), timeout_s)
+                                                   f"--num-cpus={cpus}",
+                                                   f"--temp-dir={self._node_temp()}"]),
+                                      timeout_s)
             except RuntimeError:
                 if attempt == tries - 1:
                     raise
@@ -158,4 +170,5 @@ class LocalCluster:
     def shutdown(self) -> None:
         for node in list(self.procs)[::-1]:
             self._end(self.procs.pop(node))
-        shutil.rmtree(self.temp, ignore_errors=True)
+        if not os.environ.get("LMC_KEEP_CLUSTER_TEMP"):   # set to read Ray's logs after a test
+            shutil.rmtree(self.temp, ignore_errors=True)

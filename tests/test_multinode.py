@@ -63,12 +63,12 @@ def cluster():
         c.shutdown()
 
 
-def submit(cluster, s3_server, args: list[str], wait: bool = True):
+def submit(cluster, s3_server, args: list[str], wait: bool = True, working_dir: str = ROOT):
     """`ray job submit` of `python jobs/<args>` with the S3 settings; (returncode, log) when
     waiting, else the submission id."""
     runtime_env = {"env_vars": s3_settings(s3_server),
                    "excludes": [".git", "runs", "data", ".cache", "results", "docs"]}
-    cmd = ["ray", "job", "submit", "--address", cluster.url, "--working-dir", ROOT,
+    cmd = ["ray", "job", "submit", "--address", cluster.url, "--working-dir", working_dir,
            "--runtime-env-json", json.dumps(runtime_env)]
     if not wait:
         cmd += ["--no-wait"]
@@ -271,7 +271,8 @@ def test_the_autoscaling_twin_adds_a_worker_node_for_training_and_removes_it(
         rc, log = submit(cluster, s3_server, [
             "jobs/train_kth.py", "--data", data, "--storage", "s3://lmc/mn-runs",
             "--name", "autoscaled", "--iterations", "4", "--checkpoint-every", "2",
-            "--num-workers", "2", "--placement-strategy", "STRICT_SPREAD", *TINY])
+            "--num-workers", "2", "--placement-strategy", "STRICT_SPREAD", *TINY],
+            working_dir=f"local://{ROOT}")      # as cluster-local.yaml says: see there why
         assert rc == 0, log[-3000:]
         assert "waiting for the autoscaler" in log
         m = read_json(s3, "mn-runs/autoscaled/metrics.json")
