@@ -71,10 +71,8 @@ def main():
 
     def copy_of(model, channels_last=False, compiled=False):
         m = copy.deepcopy(model)
-        if channels_last:                 # 2D kernels only; the C3D kernels are 5-D
-            for p in m.parameters():
-                if p.dim() == 4:
-                    p.data = p.data.contiguous(memory_format=torch.channels_last)
+        if channels_last:
+            m.to_channels_last()
         return m.compile_regions() if compiled else m
 
     def infer(model, dtype=None):
@@ -103,6 +101,7 @@ def main():
     train = {
         "naive per-frame": lambda: naive_train_step(naive, opt, short, long, target),
         "lmc MemoryAlignment.step": alignment_step(copy_of(fast), cfg, window),
+        "lmc + channels_last": alignment_step(copy_of(fast, channels_last=True), cfg, window),
         "lmc + bf16 autocast": alignment_step(copy_of(fast), cfg, window, BF16),
         "lmc + bf16 + channels_last": alignment_step(copy_of(fast, channels_last=True), cfg,
                                                      window, BF16),

@@ -78,5 +78,10 @@ class NaiveLMC(nn.Module):
 
 
 def _copy(module):
+    """A deep copy with ATen's own ELU, as the reference uses (not lmc.ops' faster one)."""
     import copy
-    return copy.deepcopy(module)
+    module = copy.deepcopy(module)
+    for name, child in module.named_children():
+        if isinstance(child, nn.ELU):
+            setattr(module, name, nn.ELU())
+    return module

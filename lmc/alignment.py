@@ -165,5 +165,19 @@ class MemoryAlignment:
         opt = state["optimizer"]
         self.optimizer.load_state_dict(
             {**opt, "param_groups": [{**g, "fused": True, "foreach": None} for g in opt["param_groups"]]})
+        _match_param_layouts(self.optimizer)
         self.iteration = int(state["iteration"])
         self.generator.set_state(state["generator"])
+
+
+def _match_param_layouts(optimizer) -> None:
+    """Give every loaded state tensor (Adam's moments) its parameter's memory layout. A
+    checkpoint keeps the layout it was saved with, and the fused kernel walks param, grad and
+    moments as flat memory: moments saved contiguous, resumed beside channels_last weights,
+    would be applied to the wrong elements without an error."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            for key, value in state.items():
+                if torch.is_tensor(value) and value.shape == p.shape and value.stride() != p.stride():
+                    state[key] = torch.empty_like(p, dtype=value.dtype).copy_(value)

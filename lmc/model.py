@@ -17,7 +17,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import ops
 from .config import MIN_CLIP_LEN, LMCConfig
+from .ops import ELU
 
 
 def _autocast_off(device_type: str):
@@ -33,10 +35,10 @@ class SpatialEncoder(nn.Sequential):
     def __init__(self, cfg: LMCConfig):
         c1, hid = cfg.ch(64), cfg.hidden
         super().__init__(
-            nn.Conv2d(cfg.channels, c1, 3, stride=2, padding=1), nn.ELU(),
-            nn.Conv2d(c1, c1, 3, stride=1, padding=1), nn.ELU(),
-            nn.Conv2d(c1, hid, 3, stride=2, padding=1), nn.ELU(),
-            nn.Conv2d(hid, hid, 3, stride=1, padding=1), nn.ELU(),
+            nn.Conv2d(cfg.channels, c1, 3, stride=2, padding=1), ELU(),
+            nn.Conv2d(c1, c1, 3, stride=1, padding=1), ELU(),
+            nn.Conv2d(c1, hid, 3, stride=2, padding=1), ELU(),
+            nn.Conv2d(hid, hid, 3, stride=1, padding=1), ELU(),
         )
 
 
@@ -46,9 +48,9 @@ class FrameDecoder(nn.Sequential):
     def __init__(self, cfg: LMCConfig, in_ch: int):
         c1, hid = cfg.ch(64), cfg.hidden
         layers = [
-            nn.ConvTranspose2d(in_ch, hid, 3, stride=1, padding=1), nn.ELU(),
-            nn.ConvTranspose2d(hid, c1, 3, stride=2, padding=1, output_padding=1), nn.ELU(),
-            nn.ConvTranspose2d(c1, c1, 3, stride=1, padding=1), nn.ELU(),
+            nn.ConvTranspose2d(in_ch, hid, 3, stride=1, padding=1), ELU(),
+            nn.ConvTranspose2d(hid, c1, 3, stride=2, padding=1, output_padding=1), ELU(),
+            nn.ConvTranspose2d(c1, c1, 3, stride=1, padding=1), ELU(),
             nn.ConvTranspose2d(c1, cfg.channels, 3, stride=2, padding=1, output_padding=1),
         ]
         if cfg.output_activation == "sigmoid":
@@ -87,8 +89,8 @@ class ConvLSTMCell(nn.Module):
         # The cell state stays fp32 under autocast: over 39 steps c_t = f * c_{t-1} + i * g
         # adds small terms to a retained sum, which bf16's 8-bit mantissa would round away.
         i, g, f, o = gates.float().chunk(4, dim=1)
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        h = torch.sigmoid(o) * torch.tanh(c)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * ops.tanh(g)
+        h = torch.sigmoid(o) * ops.tanh(c)
         return h.to(gates.dtype), c          # h feeds convolutions: back to their dtype
 
 
@@ -116,12 +118,15 @@ class MotionEncoder(nn.Sequential):
     def forward(self, clip):
         # clip: (N, T, C, H, W) frames -> difference frames x[t+1] - x[t]
         diff = (clip[:, 1:] - clip[:, :-1]).transpose(1, 2)   # (N, C, T-1, H, W)
-        # fp32 on CPU whatever the autocast: oneDNN's bf16 Conv3d weight gradient (3.12, in
-        # torch 2.14, jit_bf16 backward_weights) reads memory it never wrote when the input is
-        # 2 deep, as in the last two convs on a 9-12 frame clip: those weights got garbage, at
-        # times inf/NaN (issue 13; tests/test_numerics.py). CUDA autocast is left alone.
+        if not torch.is_grad_enabled():       # inference: autocast applies (no weight gradient)
+            return super().forward(diff).mean(dim=2)          # (N, c, H/16, W/16)
+        # fp32 on CPU whatever the autocast when a backward may follow: oneDNN's bf16 Conv3d
+        # weight gradient (3.12, in torch 2.14, jit_bf16 backward_weights) reads memory it never
+        # wrote when the input is 2 deep, as in the last two convs on a 9-12 frame clip: those
+        # weights got garbage, at times inf/NaN (issue 13; tests/test_numerics.py). The forward
+        # kernels are sound. CUDA autocast is left alone.
         with torch.autocast("cpu", enabled=False):
-            return super().forward(diff.float()).mean(dim=2)  # (N, c, H/16, W/16)
+            return super().forward(diff.float()).mean(dim=2)
 
 
 class LMCMemory(nn.Module):
@@ -273,6 +278,16 @@ class LMCModel(nn.Module):
         model then runs its own weights, not this model's."""
         self._compiled = (torch.compile(LMCModel.recur, **compile_kwargs),
                           torch.compile(LMCModel.predict_step, **compile_kwargs))
+        return self
+
+    def to_channels_last(self) -> "LMCModel":
+        """The 2D conv weights in NHWC (channels_last), so that the frames' activations follow:
+        oneDNN's forward convs run ~15% faster in it on CPU, and it is the layout of cuDNN's
+        tensor-core kernels. The C3D's 5-D weights stay: channels_last_3d was no faster there.
+        (``Module.to(memory_format=...)`` refuses a model with 5-D weights.)"""
+        for p in self.parameters():
+            if p.dim() == 4:
+                p.data = p.data.contiguous(memory_format=torch.channels_last)
         return self
 
     def _decode(self, h_top, c_top, f_mem):

@@ -1,4 +1,5 @@
 """Model structure, configs and their errors, and Algorithm 1's freezing rules."""
+import copy
 import dataclasses
 
 import pytest
@@ -179,6 +180,37 @@ def test_alignment_draws_the_long_clip_offset_from_its_seeded_generator():
     first, state = draws(3, 4)
     rest, _ = draws(99, 4, state)                      # the seed is overridden by the state
     assert first + rest == a
+
+
+def test_moments_saved_contiguous_resume_into_channels_last_weights():
+    """A checkpoint keeps its tensors' layouts. Adam's moments saved contiguous (an older run)
+    and loaded beside channels_last weights get the weights' layout, so the resumed run is the
+    uninterrupted one to the bit; the fused kernel would otherwise apply every moment of a 4-D
+    weight to other elements, without an error."""
+    window = torch.rand(2, 13, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+
+    def channels_last_model():
+        torch.manual_seed(0)
+        return lmc.LMCModel(small_cfg()).to_channels_last()
+
+    model = channels_last_model()
+    align = lmc.MemoryAlignment(model, lr=1e-3)
+    align.step(window, long_start=0)
+    weights, state = snapshot(model), copy.deepcopy(align.state_dict())
+    for _ in range(2):
+        align.step(window, long_start=0)
+
+    moments = state["optimizer"]["state"].values()
+    assert any(not v.is_contiguous() for m in moments for v in m.values() if v.dim() == 4)
+    for m in moments:
+        m.update({k: v.contiguous() for k, v in m.items()})
+    resumed = channels_last_model()
+    resumed.load_state_dict(weights)
+    again = lmc.MemoryAlignment(resumed, lr=1e-3)
+    again.load_state_dict(state)
+    for _ in range(2):
+        again.step(window, long_start=0)
+    assert same(snapshot(resumed), snapshot(model))
 
 
 def test_warmup_predicts_the_short_horizon_then_switches_to_the_full_one(monkeypatch):

@@ -48,6 +48,19 @@ def test_motion_encoders_run_fp32_under_cpu_bf16_autocast(one_thread):
     for fp32, bf16 in zip(grads(False), grads(True)):
         torch.testing.assert_close(bf16, fp32, rtol=0, atol=0)
 
+    # without a backward to follow (inference), autocast runs the C3D in bf16: the forward
+    # kernels are sound, and close to fp32
+    conv_dtypes = []
+    for conv in encoder:
+        if isinstance(conv, torch.nn.Conv3d):
+            conv.register_forward_hook(lambda m, i, out: conv_dtypes.append(out.dtype))
+    with torch.no_grad():
+        fp32 = encoder(clip)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = encoder(clip)
+    assert conv_dtypes == [torch.float32] * 6 + [torch.bfloat16] * 6
+    assert float((bf16.float() - fp32).norm() / fp32.norm()) < 2e-2
+
 
 def test_bf16_steps_keep_every_weight_finite(one_thread):
     """The issue's recipe (bf16 autocast, lr 2e-4, random frames) on the seeds that failed,

@@ -14,7 +14,7 @@ from pipeline.cluster import add_address_flag
 
 from ..cli import add_config_flags, config_from_args
 from ..config import LMCConfig
-from .run import PLACEMENT_STRATEGIES, RunSettings
+from .run import MEMORY_FORMATS, PLACEMENT_STRATEGIES, RunSettings
 
 DATASETS = {  # dataset -> paper preset
     "kth": "paper-kth", "mmnist": "paper-mmnist", "h36m": "paper-h36m"}
@@ -55,6 +55,9 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
     p.add_argument("--keep-checkpoints", type=int, default=2)
     p.add_argument("--autocast", choices=("none", "bf16"), default="none")
     p.add_argument("--compile", action="store_true", help="torch.compile (GPU)")
+    p.add_argument("--memory-format", choices=MEMORY_FORMATS, default="channels_last",
+                   help="layout of the 2D convs' weights and activations (default: "
+                        "channels_last, the faster one on CPU and on tensor cores)")
     p.add_argument("--trace-parameters", metavar="DIR",
                    help="debugging: each rank writes hashes of its parameters after every "
                         "optimizer step to DIR/rank<r>-start<i>.json (DDP replicas must agree)")
@@ -110,7 +113,7 @@ def run(dataset: str, argv=None) -> dict:
         checkpoint_every=args.checkpoint_every, eval_every=args.eval_every,
         eval_windows=args.eval_windows, test_windows=args.test_windows, protocol=args.protocol,
         max_failures=args.max_failures, num_to_keep=args.keep_checkpoints,
-        autocast=args.autocast, compile=args.compile)
+        autocast=args.autocast, compile=args.compile, memory_format=args.memory_format)
     if args.data is None:
         import dataclasses
 

@@ -27,6 +27,11 @@ class StorageError(OSError):
     """The run's storage path cannot be reached or written."""
 
 
+# channels_last: oneDNN's CPU forward convs run ~15% faster in it (the ConvLSTM gate conv of
+# paper-mmnist at batch 2: 2.56 vs 2.97 ms); NHWC is also cuDNN's tensor-core layout.
+MEMORY_FORMATS = ("channels_last", "contiguous")
+
+
 @dataclass(frozen=True)
 class RunSettings:
     """Where a run reads and writes and how it is scheduled (the model config is separate)."""
@@ -51,6 +56,7 @@ class RunSettings:
     log_every: int | None = None     # loss history / TensorBoard interval (None: ~1000 points)
     autocast: str = "none"           # "none" | "bf16" (GPU)
     compile: bool = False            # torch.compile the model (GPU)
+    memory_format: str = "channels_last"  # of the 2D conv weights and activations, or "contiguous"
     artifacts: bool = True           # per-timestep plot and prediction strip/GIF at the end
 
     def __post_init__(self):
@@ -72,6 +78,7 @@ class RunSettings:
              ">= 0, or -1 for unlimited")
         need(isinstance(self.num_to_keep, int) and self.num_to_keep >= 1, "num_to_keep", ">= 1")
         need(self.autocast in ("none", "bf16"), "autocast", "none | bf16")
+        need(self.memory_format in MEMORY_FORMATS, "memory_format", " | ".join(MEMORY_FORMATS))
         need(self.placement_strategy in PLACEMENT_STRATEGIES, "placement_strategy",
              " | ".join(PLACEMENT_STRATEGIES))
 

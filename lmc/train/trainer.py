@@ -86,6 +86,8 @@ class Trainer:
                 state = load_train_state(d)
         else:
             core = LMCModel(self.cfg)
+        if self.s.memory_format == "channels_last":
+            core.to_channels_last()
         if self.s.compile:
             core.compile_regions()     # per-timestep regions, not the unrolled rollout
         model = ray.train.torch.prepare_model(
