@@ -9,6 +9,11 @@ Timings alternate between the implementations so machine noise hits both alike; 
 of medians is what to read. Also times the optimised model with channels_last, bf16 autocast
 and per-timestep regional compilation (``--compile``: inductor needs a C++ compiler and
 compiles for a minute or more on a CPU; the first, compiling call is not timed).
+
+Every variant's rate is printed in GFLOP/s (FLOPs counted by benchmarks/flops.py), beside a
+ceiling: the whole call at the rate this CPU reaches on the ConvLSTM gate convolution alone
+(its largest and most efficient kernel), fp32 and bf16. Both implementations do the same
+FLOPs, so no speed-up beyond ceiling / per-frame time is to be had without doing fewer.
 """
 import argparse
 import copy
@@ -18,11 +23,13 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import lmc  # noqa: E402
 from lmc.accel import compile_problem  # noqa: E402
+from flops import per_sample  # noqa: E402
 from naive_model import NaiveLMC  # noqa: E402
 
 BF16 = torch.bfloat16
@@ -63,6 +70,11 @@ def main():
     print(f"{args.preset}: {fast.num_parameters():,} parameters, batch {args.batch}, "
           f"{s}->{k}, {args.threads} threads, torch {torch.__version__}")
 
+    train_flops, infer_flops = (args.batch * f for f in per_sample(cfg))
+    peak = {dtype: gate_conv_rate(cfg, args.batch, dtype) for dtype in (None, BF16)}
+    print(f"ConvLSTM gate conv alone (channels_last): {peak[None] / 1e9:.0f} GFLOP/s fp32, "
+          f"{peak[BF16] / 1e9:.0f} GFLOP/s bf16")
+
     with torch.no_grad():
         a, b = fast(short, out_len=k), naive(short, out_len=k)
     err = float((a - b).norm() / b.norm())
@@ -93,7 +105,7 @@ def main():
     if not why_not:
         variants["lmc + compile_regions"] = infer(copy_of(fast, compiled=True))
         variants["lmc + bf16 + compile_regions"] = infer(copy_of(fast, compiled=True), BF16)
-    report(f"inference {s}->{k} (batch {args.batch})", variants, args.repeats)
+    report(f"inference {s}->{k} (batch {args.batch})", variants, args.repeats, infer_flops, peak)
 
     if args.skip_train:
         return
@@ -109,7 +121,8 @@ def main():
     if not why_not:
         train["lmc + bf16 + compile_regions"] = alignment_step(copy_of(fast, compiled=True), cfg,
                                                                window, BF16)
-    report(f"training iteration (phase 1 + phase 2, batch {args.batch})", train, args.repeats)
+    report(f"training iteration (phase 1 + phase 2, batch {args.batch})", train, args.repeats,
+           train_flops, peak)
     if why_not:
         print(f"compile_regions not timed: {why_not}")
 
@@ -119,9 +132,26 @@ def alignment_step(model, cfg, window, autocast_dtype=None):
     return lambda: align.step(window, long_start=0)
 
 
-def report(title: str, variants: dict, repeats: int) -> None:
+def gate_conv_rate(cfg, batch: int, dtype=None, repeats: int = 20) -> float:
+    """FLOP/s of the ConvLSTM gate convolution (cat(x, h) -> 4 gates, 3x3) at this batch, in
+    channels_last, median over fresh tensors (oneDNN's first calls and some allocations run
+    slow)."""
+    hid, size = cfg.hidden, cfg.img_size // 4
+    flops = 2 * batch * size * size * 4 * hid * 2 * hid * 9
+    times = []
+    for _ in range(repeats):
+        x = torch.randn(batch, 2 * hid, size, size).contiguous(memory_format=torch.channels_last)
+        w = torch.randn(4 * hid, 2 * hid, 3, 3).contiguous(memory_format=torch.channels_last)
+        with torch.no_grad(), torch.autocast("cpu", dtype=dtype or BF16, enabled=dtype is not None):
+            F.conv2d(x, w, padding=1)
+            times.append(timed(lambda: F.conv2d(x, w, padding=1)))
+    return flops / statistics.median(times)
+
+
+def report(title: str, variants: dict, repeats: int, flops: float, peak: dict) -> None:
     """Warm every variant up (Adam state, compilation), then time them in turns; print each
-    median, its speed-up over the first (the per-frame implementation) and the best."""
+    median, its rate, its speed-up over the first (the per-frame implementation), the best,
+    and the ceilings: ``flops`` at the gate conv's fp32 and bf16 rates (``peak``)."""
     for fn in variants.values():
         fn()
     times = {name: [] for name in variants}
@@ -130,11 +160,15 @@ def report(title: str, variants: dict, repeats: int) -> None:
             times[name].append(timed(fn))
     medians = {name: statistics.median(ts) for name, ts in times.items()}
     base = medians["naive per-frame"]
-    print(f"\n{title}, median of {repeats}:")
+    print(f"\n{title}, {flops / 1e9:.0f} GFLOP, median of {repeats}:")
     for name, med in medians.items():
-        print(f"  {name:34s} {med:8.3f} s   speed-up x{base / med:.2f}")
+        print(f"  {name:34s} {med:8.3f} s  {flops / med / 1e9:5.0f} GFLOP/s   "
+              f"speed-up x{base / med:.2f}")
     best = min((n for n in medians if n != "naive per-frame"), key=medians.get)
     print(f"  best: {best} x{base / medians[best]:.2f}")
+    for dtype, name in ((None, "fp32"), (BF16, "bf16")):
+        t = flops / peak[dtype]
+        print(f"  ceiling {name}: every FLOP at the gate conv's rate, {t:.3f} s = x{base / t:.2f}")
 
 
 if __name__ == "__main__":

@@ -117,16 +117,26 @@ class MotionEncoder(nn.Sequential):
 
     def forward(self, clip):
         # clip: (N, T, C, H, W) frames -> difference frames x[t+1] - x[t]
-        diff = (clip[:, 1:] - clip[:, :-1]).transpose(1, 2)   # (N, C, T-1, H, W)
-        if not torch.is_grad_enabled():       # inference: autocast applies (no weight gradient)
-            return super().forward(diff).mean(dim=2)          # (N, c, H/16, W/16)
-        # fp32 on CPU whatever the autocast when a backward may follow: oneDNN's bf16 Conv3d
-        # weight gradient (3.12, in torch 2.14, jit_bf16 backward_weights) reads memory it never
-        # wrote when the input is 2 deep, as in the last two convs on a 9-12 frame clip: those
-        # weights got garbage, at times inf/NaN (issue 13; tests/test_numerics.py). The forward
-        # kernels are sound. CUDA autocast is left alone.
-        with torch.autocast("cpu", enabled=False):
-            return super().forward(diff.float()).mean(dim=2)
+        x = (clip[:, 1:] - clip[:, :-1]).transpose(1, 2)      # (N, C, T-1, H, W)
+        for layer in self:
+            if isinstance(layer, nn.Conv3d) and _bf16_weight_grad_unsound(x):
+                with torch.autocast("cpu", enabled=False):
+                    x = layer(x.float())
+            else:
+                x = layer(x)
+        return x.mean(dim=2)                                  # (N, c, H/16, W/16)
+
+
+def _bf16_weight_grad_unsound(x) -> bool:
+    """Whether a Conv3d on ``x`` must leave CPU bf16 autocast. oneDNN's bf16 Conv3d weight
+    gradient (3.12, in torch 2.14, jit_bf16 backward_weights) reads memory it never wrote when
+    its input is 2 deep: the weights got garbage, at times inf/NaN (issue 13). Measured over
+    the C3D's channel widths and depths 1-14, only depth 2 was wrong (relative error 0.85 to
+    inf; bf16 rounding elsewhere, 0.002-0.004): a 10-frame clip's last two convs. Their
+    forward kernels are sound, so without a backward to follow (inference) nothing leaves.
+    CUDA autocast is left alone."""
+    return (x.device.type == "cpu" and x.shape[2] <= 2 and torch.is_grad_enabled()
+            and torch.is_autocast_enabled("cpu"))
 
 
 class LMCMemory(nn.Module):

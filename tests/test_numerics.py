@@ -30,36 +30,46 @@ def poison_heap(*_):
     del junk
 
 
-def test_motion_encoders_run_fp32_under_cpu_bf16_autocast(one_thread):
-    """The fix for the kernel: under bf16 autocast on CPU, the C3D's weight gradients are the
-    fp32 ones exactly (before it, the depth-2 convs' gradients were off by 50% to 1e38)."""
+def test_only_the_depth_2_convs_leave_cpu_bf16_autocast_when_a_backward_follows(one_thread):
+    """The fix for the kernel: under bf16 autocast on CPU, a Conv3d whose input is 2 deep runs
+    in fp32 when a backward may follow (in bf16 its weight gradient read memory it never wrote:
+    off by 50% to 1e38 with the heap poisoned). The other convs run bf16. No gradient reads
+    stale memory now (a poisoned heap changes no bit), and all differ from fp32 by bf16
+    rounding compounded over the stack (0.2-11% here, the most in the first conv). Without a
+    backward (inference) every conv runs bf16."""
     torch.manual_seed(0)
     encoder = MotionEncoder(small_cfg())
-    clip = torch.rand(2, 9, 1, 32, 32)
+    clip = torch.rand(2, 9, 1, 32, 32)       # 8 difference frames: depths 8, 8, 4, 4, 2, 2
+    conv_dtypes = []
+    for m in encoder:
+        if isinstance(m, torch.nn.Conv3d):
+            m.register_forward_hook(lambda m, i, out: conv_dtypes.append(out.dtype))
 
-    def grads(autocast: bool):
+    def grads(autocast: bool, poison: bool = False):
         encoder.zero_grad(set_to_none=True)
+        conv_dtypes.clear()
+        hooks = [m.register_full_backward_pre_hook(poison_heap) for m in encoder
+                 if poison and isinstance(m, torch.nn.Conv3d)]
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             out = encoder(clip)
-        assert out.dtype == torch.float32
-        out.square().sum().backward()
-        return [p.grad.clone() for p in encoder.parameters()]
+        out.float().square().sum().backward()
+        for h in hooks:
+            h.remove()
+        return {n: p.grad.clone() for n, p in encoder.named_parameters()}
 
-    for fp32, bf16 in zip(grads(False), grads(True)):
-        torch.testing.assert_close(bf16, fp32, rtol=0, atol=0)
+    fp32, bf16, poisoned = grads(False), grads(True), grads(True, poison=True)
+    assert conv_dtypes == [torch.bfloat16] * 4 + [torch.float32] * 2
+    for name in fp32:
+        assert torch.equal(poisoned[name], bf16[name]), name
+        assert float((bf16[name] - fp32[name]).norm() / fp32[name].norm()) < 0.2, name
 
-    # without a backward to follow (inference), autocast runs the C3D in bf16: the forward
-    # kernels are sound, and close to fp32
-    conv_dtypes = []
-    for conv in encoder:
-        if isinstance(conv, torch.nn.Conv3d):
-            conv.register_forward_hook(lambda m, i, out: conv_dtypes.append(out.dtype))
     with torch.no_grad():
-        fp32 = encoder(clip)
+        conv_dtypes.clear()
+        reference = encoder(clip)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            bf16 = encoder(clip)
+            out = encoder(clip)
     assert conv_dtypes == [torch.float32] * 6 + [torch.bfloat16] * 6
-    assert float((bf16.float() - fp32).norm() / fp32.norm()) < 2e-2
+    assert float((out.float() - reference).norm() / reference.norm()) < 2e-2
 
 
 def test_bf16_steps_keep_every_weight_finite(one_thread):
