@@ -1,5 +1,6 @@
 """GPU benchmark: the per-frame implementation (benchmarks/naive_model.py) against this model in
-fp32, bf16 autocast, bf16 + regional compile and bf16 + CUDA-graph rollout; prints one JSON.
+fp32, bf16 autocast, bf16 + channels_last (the training default's layout), bf16 + regional
+compile and bf16 + CUDA-graph rollout; prints one JSON.
 
     python benchmarks/bench_gpu.py                        # any CUDA machine, < 5 minutes
     python benchmarks/bench_gpu.py --batches 16 128 --budget-s 210
@@ -130,6 +131,7 @@ def main():
     s, k = cfg.short_len, cfg.out_len
     eager = models(cfg, device, compiled=False)
     naive = NaiveLMC(eager).to(device)
+    eager_cl = models(cfg, device, compiled=False).to_channels_last()
     compiled = None if why_not_compile else models(cfg, device, compiled=True)
 
     for batch in args.batches:
@@ -140,6 +142,7 @@ def main():
         bench.measure("train", batch, "naive", "fp32",
                       lambda: naive_train_step(naive, opt, short, long, target), flops)
         for mode, model, dtype in (("fp32", eager, None), ("bf16", eager, BF16),
+                                   ("bf16+channels_last", eager_cl, BF16),
                                    ("compile+bf16", compiled, BF16)):
             if model is None:
                 bench.note("train", batch, mode, skipped=why_not_compile)
@@ -161,6 +164,7 @@ def main():
                               lambda: naive(clip, out_len=args.out_len), flops)
             for mode, model, dtype, graphed in (
                     ("fp32", eager, None, False), ("bf16", eager, BF16, False),
+                    ("bf16+channels_last", eager_cl, BF16, False),
                     ("compile+bf16", compiled, BF16, False), ("graphs+bf16", eager, BF16, True),
                     ("compile+graphs+bf16", compiled, BF16, True)):
                 if model is None:

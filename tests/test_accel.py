@@ -71,3 +71,28 @@ def test_graphed_rollout_replays_the_eager_prediction_and_follows_weight_updates
         for p in model.parameters():
             p.mul_(0.9)
         torch.testing.assert_close(rollout(short), model(short, out_len=5), rtol=1e-4, atol=1e-5)
+
+
+def test_bench_gpu_cpu_smoke_prints_every_task_and_mode():
+    """`benchmarks/bench_gpu.py` is ready to run as is: its CPU smoke run (tiny preset) prints
+    one JSON with a row for every task x mode the GPU run measures, each with a time or the
+    reason it was not measured, and FLOP counts for the achieved rates."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "benchmarks/bench_gpu.py", "--cpu-smoke"], cwd=root,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = json.loads(out.stdout)
+    assert report["cuda"] is False and report["parameters"] == tiny_model().num_parameters()
+    modes = {"fp32", "bf16", "bf16+channels_last", "compile+bf16"}
+    rows = {(r["task"], r["batch"], r["impl"], r["mode"]): r for r in report["results"]}
+    assert {m for t, b, i, m in rows if t == "train" and i == "lmc"} == modes | {"graphs"}
+    assert {m for t, b, i, m in rows if t.startswith("infer") and i == "lmc" and b == 2} == \
+        modes | {"graphs+bf16", "compile+graphs+bf16"}
+    for row in rows.values():
+        assert ("median_s" in row and row["median_s"] > 0) or row.get("skipped") or row.get("error")
+    assert all(v > 0 for v in report["gflop_per_sample"].values())
