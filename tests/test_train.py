@@ -8,6 +8,7 @@ hooks (`lmc.train.hooks`) trace the parameters, kill a worker or poison a batch.
 import dataclasses
 import glob
 import json
+import math
 import os
 import shutil
 
@@ -102,12 +103,17 @@ def test_ddp_replicas_identical_memory_frozen_and_run_outputs(shards, tmp_path):
 
 @pytest.mark.slow  # two worker-group starts: ~70 s on 2 cores
 def test_killed_worker_resumes_from_latest_checkpoint(shards, tmp_path):
+    """Also the bf16 autocast path on CPU (DDP over gloo, a channels_last resume)."""
     marker = tmp_path / "crashed"
     cfg = dataclasses.replace(CFG, iterations=6)
-    s = settings(shards, tmp_path, "crash", max_failures=2)
+    s = settings(shards, tmp_path, "crash", max_failures=2, autocast="bf16")
     m = train(cfg, s, hooks=[CrashAt(rank=1, iteration=3, marker=str(marker), after_s=8)],
               verbose=False)
     assert marker.exists()                          # rank 1's process did die (os._exit)
+    assert m["settings"]["autocast"] == "bf16"
+    assert m["settings"]["memory_format"] == "channels_last"
+    assert all(math.isfinite(h["loss_phase1"]) and math.isfinite(h["loss_phase2"])
+               for h in m["loss_history"])
     assert m["iterations"] == 6
     assert m["starts"] == [0, 2]                    # restarted from checkpoint 2, not from 0
     assert [h["iteration"] for h in m["loss_history"]] == [1, 2, 3, 4, 5, 6]

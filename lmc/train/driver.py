@@ -55,8 +55,6 @@ def check(cfg: LMCConfig, s: RunSettings):
     if cfg.batch_size % s.num_workers:
         raise ConfigError(f"config field 'batch_size' = {cfg.batch_size} is invalid; allowed: a "
                           f"multiple of num_workers = {s.num_workers} (it is the global batch)")
-    if s.use_gpu is False and s.autocast != "none":
-        raise ConfigError("run setting 'autocast' = 'bf16' needs --gpus (off on CPU)")
     if s.compile:
         why = compile_problem("cuda" if s.use_gpu else "cpu")
         if why:

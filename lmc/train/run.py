@@ -54,7 +54,7 @@ class RunSettings:
     max_failures: int = 3            # worker-group restarts from the latest checkpoint
     num_to_keep: int = 2             # checkpoints kept
     log_every: int | None = None     # loss history / TensorBoard interval (None: ~1000 points)
-    autocast: str = "none"           # "none" | "bf16" (GPU)
+    autocast: str = "none"           # "none" | "bf16" (training steps; on CPU with AVX512-BF16/AMX)
     compile: bool = False            # torch.compile the model (GPU)
     memory_format: str = "channels_last"  # of the 2D conv weights and activations, or "contiguous"
     artifacts: bool = True           # per-timestep plot and prediction strip/GIF at the end

@@ -13,6 +13,7 @@ A restarted worker group continues from ``ray.train.get_checkpoint()``.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -214,6 +215,7 @@ class Trainer:
         metrics = {"run": self.run.uri, "iterations": self.align.iteration,
                    "starts": [a["iteration"] for a in self.attempts], "attempts": self.attempts,
                    "workers": self.workers, "world_size": self.world, "config": self.cfg.to_dict(),
+                   "settings": dataclasses.asdict(self.s),
                    "protocol": self.protocol.name, **scored, "loss_history": self.history,
                    "validation_history": self.val_history, "last_report": self.last_report}
         if self.s.artifacts:
