@@ -19,7 +19,6 @@ import torch.nn.functional as F
 
 from . import ops
 from .config import MIN_CLIP_LEN, LMCConfig
-from .ops import ELU
 
 
 def _autocast_off(device_type: str):
@@ -35,10 +34,10 @@ class SpatialEncoder(nn.Sequential):
     def __init__(self, cfg: LMCConfig):
         c1, hid = cfg.ch(64), cfg.hidden
         super().__init__(
-            nn.Conv2d(cfg.channels, c1, 3, stride=2, padding=1), ELU(),
-            nn.Conv2d(c1, c1, 3, stride=1, padding=1), ELU(),
-            nn.Conv2d(c1, hid, 3, stride=2, padding=1), ELU(),
-            nn.Conv2d(hid, hid, 3, stride=1, padding=1), ELU(),
+            nn.Conv2d(cfg.channels, c1, 3, stride=2, padding=1), ops.ELU(),
+            nn.Conv2d(c1, c1, 3, stride=1, padding=1), ops.ELU(),
+            nn.Conv2d(c1, hid, 3, stride=2, padding=1), ops.ELU(),
+            nn.Conv2d(hid, hid, 3, stride=1, padding=1), ops.ELU(),
         )
 
 
@@ -48,9 +47,9 @@ class FrameDecoder(nn.Sequential):
     def __init__(self, cfg: LMCConfig, in_ch: int):
         c1, hid = cfg.ch(64), cfg.hidden
         layers = [
-            nn.ConvTranspose2d(in_ch, hid, 3, stride=1, padding=1), ELU(),
-            nn.ConvTranspose2d(hid, c1, 3, stride=2, padding=1, output_padding=1), ELU(),
-            nn.ConvTranspose2d(c1, c1, 3, stride=1, padding=1), ELU(),
+            nn.ConvTranspose2d(in_ch, hid, 3, stride=1, padding=1), ops.ELU(),
+            nn.ConvTranspose2d(hid, c1, 3, stride=2, padding=1, output_padding=1), ops.ELU(),
+            nn.ConvTranspose2d(c1, c1, 3, stride=1, padding=1), ops.ELU(),
             nn.ConvTranspose2d(c1, cfg.channels, 3, stride=2, padding=1, output_padding=1),
         ]
         if cfg.output_activation == "sigmoid":
@@ -132,9 +131,9 @@ def _bf16_weight_grad_unsound(x) -> bool:
     gradient (3.12, in torch 2.14, jit_bf16 backward_weights) reads memory it never wrote when
     its input is 2 deep: the weights got garbage, at times inf/NaN (issue 13). Measured over
     the C3D's channel widths and depths 1-14, only depth 2 was wrong (relative error 0.85 to
-    inf; bf16 rounding elsewhere, 0.002-0.004): a 10-frame clip's last two convs. Their
-    forward kernels are sound, so without a backward to follow (inference) nothing leaves.
-    CUDA autocast is left alone."""
+    inf; bf16 rounding elsewhere, 0.002-0.004): a 10-frame clip's last two convs. Depth 1
+    leaves too (as cheap, and an edge of the same kernel). The forward kernels are sound, so
+    without a backward to follow (inference) nothing leaves. CUDA autocast is left alone."""
     return (x.device.type == "cpu" and x.shape[2] <= 2 and torch.is_grad_enabled()
             and torch.is_autocast_enabled("cpu"))
 
