@@ -26,12 +26,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import lmc  # noqa: E402
-from bench_model import naive_train_step  # noqa: E402
+from bench_model import BF16, autocast, naive_train_step  # noqa: E402
 from flops import per_sample  # noqa: E402
 from lmc.accel import GraphedRollout, compile_problem  # noqa: E402
 from naive_model import NaiveLMC  # noqa: E402
-
-BF16 = torch.bfloat16
 
 
 class Bench:
@@ -194,8 +192,7 @@ def main():
 
 
 def _infer(model, clip, out_len, dtype):
-    with torch.no_grad(), torch.autocast(clip.device.type, dtype=dtype or BF16,
-                                         enabled=dtype is not None):
+    with torch.no_grad(), autocast(clip.device.type, dtype):
         return model(clip, out_len=out_len)
 
 

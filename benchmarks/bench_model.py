@@ -13,7 +13,8 @@ compiles for a minute or more on a CPU; the first, compiling call is not timed).
 Every variant's rate is printed in GFLOP/s (FLOPs counted by benchmarks/flops.py), beside a
 ceiling: the whole call at the rate this CPU reaches on the ConvLSTM gate convolution alone
 (its largest and most efficient kernel), fp32 and bf16. Both implementations do the same
-FLOPs, so no speed-up beyond ceiling / per-frame time is to be had without doing fewer.
+FLOPs: a speed-up beyond ceiling / per-frame time would need kernels faster than the CPU's
+best one, or fewer FLOPs.
 """
 import argparse
 import copy
@@ -33,6 +34,11 @@ from flops import per_sample  # noqa: E402
 from naive_model import NaiveLMC  # noqa: E402
 
 BF16 = torch.bfloat16
+
+
+def autocast(device_type: str, dtype=None):
+    """Autocast to ``dtype``, or nothing when it is None (fp32)."""
+    return torch.autocast(device_type, dtype=dtype or BF16, enabled=dtype is not None)
 
 
 def naive_train_step(model, opt, short, long, target):
@@ -89,8 +95,7 @@ def main():
 
     def infer(model, dtype=None):
         def run():
-            with torch.no_grad(), torch.autocast("cpu", dtype=dtype or BF16,
-                                                 enabled=dtype is not None):
+            with torch.no_grad(), autocast("cpu", dtype):
                 model(short, out_len=k)
         return run
 
@@ -142,7 +147,7 @@ def gate_conv_rate(cfg, batch: int, dtype=None, repeats: int = 20) -> float:
     for _ in range(repeats):
         x = torch.randn(batch, 2 * hid, size, size).contiguous(memory_format=torch.channels_last)
         w = torch.randn(4 * hid, 2 * hid, 3, 3).contiguous(memory_format=torch.channels_last)
-        with torch.no_grad(), torch.autocast("cpu", dtype=dtype or BF16, enabled=dtype is not None):
+        with torch.no_grad(), autocast("cpu", dtype):
             F.conv2d(x, w, padding=1)
             times.append(timed(lambda: F.conv2d(x, w, padding=1)))
     return flops / statistics.median(times)

@@ -119,7 +119,7 @@ class MotionEncoder(nn.Sequential):
         x = (clip[:, 1:] - clip[:, :-1]).transpose(1, 2)      # (N, C, T-1, H, W)
         for layer in self:
             if isinstance(layer, nn.Conv3d) and _bf16_weight_grad_unsound(x):
-                with torch.autocast("cpu", enabled=False):
+                with _autocast_off("cpu"):
                     x = layer(x.float())
             else:
                 x = layer(x)

@@ -264,8 +264,8 @@ def test_the_autoscaling_twin_adds_a_worker_node_for_training_and_removes_it(
     cluster.start_head(cpus=1, extra=[f"--autoscaling-config={path}"])
     try:
         head = next(iter(cluster.procs))
-        # Shards made outside this cluster: a preparation here would have the autoscaler
-        # launch a node and, idle, end it just as the training job's actors land on it.
+        # Shards made outside this cluster, so that the node the autoscaler adds is the
+        # training job's (a preparation here would have one launched, and ended idle, first).
         data = prepare_on_one_node("s3://lmc/mn-shards-autoscale")
         t0 = time.time()
         rc, log = submit(cluster, s3_server, [

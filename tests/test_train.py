@@ -199,4 +199,3 @@ def test_nan_loss_stops_the_run_naming_iteration_and_phase(shards, tmp_path):
     s = settings(shards, tmp_path, "nan", num_workers=1, max_failures=2)
     with pytest.raises(NonFiniteLossError, match=r"iteration 1 in phase 1"):
         train(CFG, s, hooks=[NaNInputAt(1)], verbose=False)
-

@@ -14,7 +14,7 @@ from pipeline.cluster import add_address_flag
 
 from ..cli import add_config_flags, config_from_args
 from ..config import LMCConfig
-from .run import MEMORY_FORMATS, PLACEMENT_STRATEGIES, RunSettings
+from .run import AUTOCAST_MODES, MEMORY_FORMATS, PLACEMENT_STRATEGIES, RunSettings
 
 DATASETS = {  # dataset -> paper preset
     "kth": "paper-kth", "mmnist": "paper-mmnist", "h36m": "paper-h36m"}
@@ -53,7 +53,7 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
     p.add_argument("--protocol", help="evaluation protocol, e.g. 10-40 (default: the test windows')")
     p.add_argument("--max-failures", type=int, default=3)
     p.add_argument("--keep-checkpoints", type=int, default=2)
-    p.add_argument("--autocast", choices=("none", "bf16"), default="none",
+    p.add_argument("--autocast", choices=AUTOCAST_MODES, default="none",
                    help="bf16 autocast for the training steps: GPUs, or CPUs with AVX512-BF16 "
                         "or AMX (1.65x here); elsewhere bf16 is emulated and slower")
     p.add_argument("--compile", action="store_true", help="torch.compile (GPU)")

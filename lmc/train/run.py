@@ -30,6 +30,7 @@ class StorageError(OSError):
 # channels_last: oneDNN's CPU forward convs run ~15% faster in it (the ConvLSTM gate conv of
 # paper-mmnist at batch 2: 2.56 vs 2.97 ms); NHWC is also cuDNN's tensor-core layout.
 MEMORY_FORMATS = ("channels_last", "contiguous")
+AUTOCAST_MODES = ("none", "bf16")
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,7 @@ class RunSettings:
         need(isinstance(self.max_failures, int) and self.max_failures >= -1, "max_failures",
              ">= 0, or -1 for unlimited")
         need(isinstance(self.num_to_keep, int) and self.num_to_keep >= 1, "num_to_keep", ">= 1")
-        need(self.autocast in ("none", "bf16"), "autocast", "none | bf16")
+        need(self.autocast in AUTOCAST_MODES, "autocast", " | ".join(AUTOCAST_MODES))
         need(self.memory_format in MEMORY_FORMATS, "memory_format", " | ".join(MEMORY_FORMATS))
         need(self.placement_strategy in PLACEMENT_STRATEGIES, "placement_strategy",
              " | ".join(PLACEMENT_STRATEGIES))
