@@ -1,17 +1,22 @@
 """Training on Ray Train: where Ray lives (with ``lmc.experiments``); the paper's code it drives
 (``lmc.model``, ``lmc.alignment``, ...) stays plain PyTorch.
 
-    run.py          RunSettings, the run folder's names, storage, the latest checkpoint (no Ray)
+    run.py          RunSettings, the run folder's names, storage (no Ray)
+    checkpoints.py  the run's verified checkpoints: commit, choose the newest, prune (no Ray)
+    lease.py        one live job per run folder: the lease, its heartbeat, the workers' fence
     driver.py       check / validate a run, then ``train``: a TorchTrainer over the shards
     trainer.py      one worker: step, validate, checkpoint, finish (``train_loop_per_worker``)
+    control.py      what every rank agrees on at a step: go on, stop, end on an error
     hooks.py        fault injection and parameter tracing, injected into the trainer
     tensorboard.py  the run's event files
     cli.py          the command line of jobs/train_*.py
 """
 from pipeline import DataError
 
-from .driver import Plan, check, check_storage, train, validate
+from .driver import Plan, RunFailedError, RunStopped, check, check_storage, train, validate
+from .lease import RunLockedError
 from .run import RunSettings, StorageError, latest_checkpoint, storage_location
 
 __all__ = ["train", "validate", "check", "check_storage", "Plan", "RunSettings", "DataError",
-           "StorageError", "latest_checkpoint", "storage_location"]
+           "StorageError", "RunFailedError", "RunStopped", "RunLockedError", "latest_checkpoint",
+           "storage_location"]

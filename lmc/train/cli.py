@@ -13,7 +13,7 @@ import os
 from pipeline.cluster import add_address_flag
 
 from ..cli import add_config_flags, config_from_args
-from ..config import LMCConfig
+from ..config import ConfigError, LMCConfig
 from .run import AUTOCAST_MODES, MEMORY_FORMATS, PLACEMENT_STRATEGIES, RunSettings
 
 DATASETS = {  # dataset -> paper preset
@@ -51,7 +51,17 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
     p.add_argument("--eval-windows", type=int, default=32, help="test windows per validation")
     p.add_argument("--test-windows", type=int, help="cap on the final test evaluation")
     p.add_argument("--protocol", help="evaluation protocol, e.g. 10-40 (default: the test windows')")
-    p.add_argument("--max-failures", type=int, default=3)
+    p.add_argument("--max-failures", type=int, default=3,
+                   help="worker-group restarts after a worker or node dies (deterministic "
+                        "errors: data, checkpoint, config, storage, are never retried)")
+    p.add_argument("--allow-change", metavar="FIELD[,FIELD]", default="",
+                   help="resume even though these config fields (or 'data') differ from the "
+                        "run's checkpoint; applied from the resumed iteration on (the "
+                        "optimizer's lr too) and recorded in metrics.json's attempts")
+    p.add_argument("--force-unlock", action="store_true",
+                   help="take the run folder's lease even if another job seems to hold it "
+                        "(only when that job is surely gone; a lease without a heartbeat for "
+                        "60 s is taken over automatically)")
     p.add_argument("--keep-checkpoints", type=int, default=2)
     p.add_argument("--autocast", choices=AUTOCAST_MODES, default="none",
                    help="bf16 autocast for the training steps: GPUs, or CPUs with AVX512-BF16 "
@@ -105,6 +115,9 @@ def run(dataset: str, argv=None) -> dict:
     from .driver import train
 
     args = build_parser(dataset).parse_args(argv)
+    if args.name is not None and not args.name.strip():
+        raise ConfigError("--name '': a run name must be a non-empty folder name (leave the "
+                          "flag out for the default)")
     cfg = model_config(args, dataset)
     settings = RunSettings(      # validated before any data is made or Ray starts
         data=args.data or "(demo data)", storage=args.storage,
@@ -124,7 +137,9 @@ def run(dataset: str, argv=None) -> dict:
         settings = dataclasses.replace(settings, data=demo_data(dataset, cfg))
     from .hooks import TraceParameters
     hooks = [TraceParameters(args.trace_parameters)] if args.trace_parameters else []
-    metrics = train(cfg, settings, hooks=hooks, address=args.address)
+    allow = tuple(n.strip() for n in args.allow_change.split(",") if n.strip())
+    metrics = train(cfg, settings, hooks=hooks, address=args.address, allow_change=allow,
+                    force_unlock=args.force_unlock)
     if args.data is None:
         model = metrics["test"]["mean"]
         if not all(model["mse"] < rep["mean"]["mse"] and model["psnr"] > rep["mean"]["psnr"]

@@ -17,32 +17,42 @@ checkpoint up to ``max_failures`` times.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import json
 import os
+import signal
+import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from ..accel import compile_problem
 from ..alignment import NonFiniteLossError
-from ..checkpoint import MODEL_FILE
+from ..checkpoint import CONFIG_FILE, MODEL_FILE
 from ..config import ConfigError, LMCConfig
 from ..model import LMCModel
 from ..protocols import Protocol, protocol_for
 from ..reference import CheckpointError, load_matching
-from .run import (ERROR_FILE, METRICS_FILE, RunSettings, StorageError, latest_checkpoint,
-                  read_json, s3_env, storage_location)
+from .checkpoints import RunCheckpoints
+from .lease import RunLease
+from .run import METRICS_FILE, RunSettings, StorageError, read_json, s3_env, storage_location
 
 
 @dataclass
 class Plan:
-    """What ``validate`` found: the run folder, the shards' facts and the evaluation protocol."""
+    """What ``validate`` found: the run folder, the shards' facts and the evaluation protocol,
+    what the run resumes from and the config changes allowed against it."""
     run_uri: str
     storage_root: str
     facts: object                    # pipeline.DatasetFacts
     protocol: Protocol
-    resume_from: str | None          # latest checkpoint folder of an existing run, if any
+    resume_from: str | None          # the newest verified checkpoint of an existing run
+    skipped: list = field(default_factory=list)   # newer checkpoints that did not verify
+    changes: dict = field(default_factory=dict)   # field -> [old, new], allowed by the user
+    data_fingerprint: str | None = None
 
 
 def check(cfg: LMCConfig, s: RunSettings):
@@ -85,68 +95,169 @@ def check_storage(uri: str):
     return loc
 
 
-def _check_resume(cfg: LMCConfig, run, name: str | None) -> None:
-    """An existing run's checkpoint must belong to this architecture (keys listed if not)."""
-    if name is None:
-        return
-    local, tmp = run.fetch(name, MODEL_FILE)
+# Fields that never make a resume another run: the iteration budget. Run settings (workers,
+# cadences, storage layout, autocast) are not compared at all; the global batch is a config field.
+FREE_TO_CHANGE = ("iterations",)
+
+
+def config_changes(stored: LMCConfig, cfg: LMCConfig) -> dict:
+    """{field: [old, new]} of every config field but the free ones that differs."""
+    old, new = stored.to_dict(), cfg.to_dict()
+    return {k: [old.get(k), new.get(k)] for k in sorted(set(old) | set(new))
+            if k not in FREE_TO_CHANGE and old.get(k) != new.get(k)}
+
+
+def check_allow_change(allow_change) -> tuple:
+    """The names given to --allow-change: config fields, or "data" (another dataset)."""
+    allowed = sorted(f.name for f in dataclasses.fields(LMCConfig) if f.name not in FREE_TO_CHANGE)
+    unknown = [n for n in allow_change if n not in allowed and n != "data"]
+    if unknown:
+        raise ConfigError(f"--allow-change {','.join(unknown)}: unknown field; allowed: data, "
+                          + ", ".join(allowed))
+    return tuple(allow_change)
+
+
+def _check_resume(cfg: LMCConfig, run, name: str, fingerprint: str | None,
+                  allow_change: tuple) -> dict:
+    """The resumed checkpoint must hold this architecture (keys listed if not) and this config
+    and data, up to the changes in ``allow_change``: {field: [old, new]} of those applied."""
+    checkpoints = RunCheckpoints(run)
+    where = f"{run.uri}/{name}"
+    try:
+        stored = LMCConfig.from_dict(json.loads(run.read_bytes(name, CONFIG_FILE)))
+        stored_data = checkpoints.manifest(name).get("data_fingerprint")
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{where}/{CONFIG_FILE} is not a config this code reads ({e})") from None
+    local, temporary = run.fetch(name, MODEL_FILE)     # verified by newest_verified
     try:
         state = torch.load(local, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"{run.uri}/{name}/{MODEL_FILE} is corrupt "
-                              f"({type(e).__name__}); delete the folder or use another --name") from None
     finally:
-        if tmp:
+        if temporary:
             os.remove(local)
     try:
-        load_matching(LMCModel(cfg), state, f"checkpoint {run.uri}/{name}")
+        load_matching(LMCModel(cfg), state, f"checkpoint {where}")
     except CheckpointError as e:
         raise CheckpointError(f"{e}\nThe run {run.uri} was trained with another architecture; "
                               "use another --name (or storage) or the run's own config.") from None
+    changes = config_changes(stored, cfg)
+    if stored_data and fingerprint and stored_data != fingerprint:
+        changes["data"] = [f"shards {stored_data[:12]}", f"shards {fingerprint[:12]}"]
+    refused = {k: v for k, v in changes.items() if k not in allow_change}
+    if refused:
+        listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in refused.items())
+        raise ConfigError(
+            f"resuming run {run.uri} from {name} would change what it trains ({listed}); run "
+            f"with the run's own settings, or say so with --allow-change {','.join(refused)} "
+            "(applied from this iteration on and recorded in metrics.json's attempts), or use "
+            "another --name")
+    return changes
 
 
-def validate(cfg: LMCConfig, s: RunSettings) -> Plan:
-    """``check``, then the run folder (created, probed) and an existing run's checkpoint."""
+def validate(cfg: LMCConfig, s: RunSettings, allow_change=()) -> Plan:
+    """``check``, then the run folder (created, probed), its newest verified checkpoint and
+    the config changes against it (refused unless in ``allow_change``)."""
+    from pipeline.shards import read_manifest
+
+    allow_change = check_allow_change(allow_change)
     facts, protocol = check(cfg, s)
     root = storage_location(s.storage)
     run = check_storage(root.child(s.name).uri)
-    resume = latest_checkpoint(run)
-    _check_resume(cfg, run, resume)
-    return Plan(run.uri, root.root, facts, protocol, resume)
+    fingerprint = read_manifest(s.data).get("fingerprint")
+    try:
+        choice = RunCheckpoints(run).newest_verified()
+    except OSError as e:
+        raise StorageError(f"cannot read the checkpoints of {run.uri} ({type(e).__name__}: "
+                           f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    changes = (_check_resume(cfg, run, choice.name, fingerprint, allow_change)
+               if choice.name else {})
+    return Plan(run.uri, root.root, facts, protocol, choice.name, choice.skipped, changes,
+                fingerprint)
 
 
 # ----------------------------------------------------------------------------------------------
 # The driver
 
 
+class RunStopped(Exception):
+    """The run was asked to stop (SIGINT / SIGTERM) and did: checkpointed and ended."""
+
+    def __init__(self, message: str, signal_name: str):
+        super().__init__(message)
+        self.signal_name = signal_name
+
+
+class RunFailedError(ValueError):
+    """The run ended on a deterministic error (data, checkpoint, config, storage, lease):
+    retrying would meet it again, so it was not retried."""
+
+
 def train(cfg: LMCConfig, settings: RunSettings, *, hooks=(), callbacks: list | None = None,
-          address: str | None = None, verbose: bool = True) -> dict:
-    """Validate, then run Algorithm 1 on a Ray Train ``TorchTrainer``; returns metrics.json.
+          address: str | None = None, verbose: bool = True, allow_change=(),
+          force_unlock: bool = False) -> dict:
+    """Validate, take the run's lease, then run Algorithm 1 on a Ray Train ``TorchTrainer``;
+    returns metrics.json.
 
     ``hooks``: ``lmc.train.hooks`` objects the workers call (fault injection, tracing).
     ``callbacks``: Ray Train callbacks for the ``RunConfig`` (Ray Tune passes its
     ``TuneReportCallback`` so each trial is one such run).
+    ``allow_change``: config fields (or "data") a resume may change; ``force_unlock``: take
+    the run's lease even from a live-looking holder.
 
     Joins the cluster at ``address`` or in RAY_ADDRESS (as under ``ray job submit``), else
-    starts an embedded Ray (``pipeline.cluster.connect``).
-    Raises ``ConfigError``, ``DataError``, ``StorageError`` or ``CheckpointError`` before any Ray
-    work, ``NonFiniteLossError`` when a loss is NaN/inf, ``RuntimeError`` when workers keep failing.
+    starts an embedded Ray (``pipeline.cluster.connect``). SIGINT / SIGTERM ask the workers to
+    checkpoint at the next step and end (``RunStopped``); a second one interrupts at once.
+    Raises ``ConfigError``, ``DataError``, ``StorageError``, ``CheckpointError`` or
+    ``RunLockedError`` before any Ray work; ``NonFiniteLossError`` when a loss is NaN/inf,
+    ``RunFailedError`` on any other deterministic error met while training (neither is
+    retried), ``RuntimeError`` when workers keep dying.
     """
-    plan = validate(cfg, settings)
-    if verbose:
-        print(f"run {plan.run_uri}: {'resuming from ' + plan.resume_from if plan.resume_from else 'new run'}"
-              f"; data {settings.data} ({plan.facts.rows['train']} train / "
-              f"{plan.facts.rows['test']} test windows); protocol {plan.protocol.name}")
+    plan = validate(cfg, settings, allow_change)
+    say = print if verbose else (lambda *a, **k: None)
     run = storage_location(plan.run_uri)
-    run.delete(ERROR_FILE)
+    lease = RunLease(run, job_id=_job_id(), warn=print).acquire(force=force_unlock)
+    try:
+        for name, why in plan.skipped:
+            print(f"warning: skipping {name}: {why}")
+        resume = (f"resuming from {plan.resume_from} (its newest verified checkpoint"
+                  + (f"; changed: {', '.join(f'{k} {a} -> {b}' for k, (a, b) in plan.changes.items())}"
+                     if plan.changes else "") + ")" if plan.resume_from else "new run")
+        say(f"run {plan.run_uri}: {resume}; data {settings.data} ({plan.facts.rows['train']} "
+            f"train / {plan.facts.rows['test']} test windows); protocol {plan.protocol.name}")
+        _set_aside_ray_record(run, plan.resume_from, say)
+        with _stop_on_signals(lease, say):
+            outcome = _fit(cfg, settings, plan, lease, hooks, callbacks, address, verbose)
+    finally:
+        lease.release()
+    status, message = outcome.get("status"), outcome.get("message")
+    if status == "stopped":
+        at = outcome.get("checkpoint")
+        raise RunStopped(f"run {plan.run_uri} stopped by {message} at iteration "
+                         f"{outcome['iteration']}" + (f"; {at} is its newest checkpoint"
+                                                      if at else "")
+                         + "; the same command resumes it", message)
+    if status == "failed":
+        at = outcome.get("checkpoint") or plan.resume_from
+        hint = f" (its newest checkpoint: {at})" if at else ""
+        if message and message.startswith("NonFiniteLossError: "):
+            raise NonFiniteLossError(message.split(": ", 1)[1])
+        raise RunFailedError(f"run {plan.run_uri} stopped{hint}: {message}")
+    metrics = read_json(run, METRICS_FILE)
+    if metrics is None:
+        raise RuntimeError(f"training run {plan.run_uri} ended without writing {METRICS_FILE}")
+    if verbose:
+        _print_summary(metrics)
+    return metrics
 
+
+def _fit(cfg, settings, plan: Plan, lease, hooks, callbacks, address, verbose) -> dict:
+    """The TorchTrainer run; the workers' outcome (rank 0's return value)."""
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from .trainer import train_loop_per_worker
-
     from pipeline.cluster import connect
+
+    from .trainer import train_loop_per_worker
 
     connect(address, configure_logging=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -159,7 +270,9 @@ def train(cfg: LMCConfig, settings: RunSettings, *, hooks=(), callbacks: list | 
         train_loop_per_worker,
         train_loop_config={"model": cfg, "settings": settings, "protocol": plan.protocol,
                            "run_uri": plan.run_uri, "hooks": list(hooks),
-                           "submission": uuid.uuid4().hex, "s3_env": s3_env(settings)},
+                           "submission": uuid.uuid4().hex, "s3_env": s3_env(settings),
+                           "lease_owner": lease.holder.owner, "changes": plan.changes,
+                           "data_fingerprint": plan.data_fingerprint},
         scaling_config=ScalingConfig(
             num_workers=settings.num_workers, use_gpu=settings.use_gpu,
             resources_per_worker=per_worker, placement_strategy=settings.placement_strategy),
@@ -167,26 +280,71 @@ def train(cfg: LMCConfig, settings: RunSettings, *, hooks=(), callbacks: list | 
             name=settings.name, storage_path=storage.root,
             storage_filesystem=None if storage.is_local else storage.fs,
             failure_config=FailureConfig(max_failures=settings.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=settings.num_to_keep),
             callbacks=callbacks),
         datasets={"train": _train_dataset(settings.data, plan.facts)},
     )
     try:
-        trainer.fit()
+        result = trainer.fit()
     except Exception as e:
-        fatal = read_json(run, ERROR_FILE)
-        if fatal:
-            raise NonFiniteLossError(fatal["message"]) from None
         raise RuntimeError(f"training run {plan.run_uri} failed: {_worker_error(e)}") from e
-    fatal = read_json(run, ERROR_FILE)
-    if fatal:
-        raise NonFiniteLossError(fatal["message"])
-    metrics = read_json(run, METRICS_FILE)
-    if metrics is None:
-        raise RuntimeError(f"training run {plan.run_uri} ended without writing {METRICS_FILE}")
-    if verbose:
-        _print_summary(metrics)
-    return metrics
+    return result.return_value or {"status": "failed",
+                                   "message": "the workers returned no outcome"}
+
+
+@contextlib.contextmanager
+def _stop_on_signals(lease, say):
+    """SIGINT / SIGTERM: ask the workers (through the lease) to checkpoint at the next step
+    and end; a second signal interrupts at once. Only in the main thread (Python's rule)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {}
+
+    def on_signal(signum, frame):
+        name = signal.Signals(signum).name
+        if lease.holder.stop:                     # the second one: do not wait
+            raise KeyboardInterrupt
+        say(f"{name}: checkpointing at the next step, then stopping (again to stop at once)",
+            flush=True)
+        lease.request_stop(name)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous[sig] = signal.signal(sig, on_signal)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _job_id() -> str | None:
+    """The Ray job submission id when running under ``ray job submit``."""
+    try:
+        config = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}"))
+        return (config.get("metadata") or {}).get("job_submission_id")
+    except ValueError:
+        return None
+
+
+RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"
+
+
+def _set_aside_ray_record(run, resume_from: str | None, say) -> None:
+    """Ray Train's own record of a run written before this project kept its checkpoints
+    itself may name checkpoints (and fail to start if they are gone): set it aside, saying
+    which checkpoint it named and which one the run resumes from instead."""
+    record = read_json(run, RAY_SNAPSHOT)
+    if not record:
+        return
+    named = ((record.get("latest_checkpoint_result") or {}).get("checkpoint") or {}).get("path")
+    if not named:
+        return
+    aside = f"{RAY_SNAPSHOT}.set-aside-{int(time.time())}"
+    run.write_bytes(run.read_bytes(RAY_SNAPSHOT), aside)
+    run.delete(RAY_SNAPSHOT)
+    say(f"Ray Train's record names {named.rstrip('/').rsplit('/', 1)[-1]}; the run resumes "
+        f"from {resume_from or 'nothing (no checkpoint verifies)'}, the newest checkpoint "
+        f"that verifies in storage (record kept as {aside})")
 
 
 # What each read task of the train split asks Ray for. Less than a CPU, so that a read fits

@@ -2,22 +2,22 @@
 what it leaves there. The driver (which plans a run) and the trainer (which executes it on each
 worker) both import this module; it imports no Ray.
 
-A run lives in ``<storage>/<name>/`` (a path or s3://): Ray Train's ``checkpoint_<iteration>``
-folders (model.pt, train_state.pt, config.json; see ``lmc.checkpoint``), ``tensorboard/``,
+A run lives in ``<storage>/<name>/`` (a path or s3://): ``checkpoint_<iteration>`` folders
+(model.pt, train_state.pt, config.json and, last, checkpoint.json; see ``lmc.checkpoint`` and
+``checkpoints``), ``lease.json`` while a job runs it (``lease``), ``tensorboard/``,
 ``metrics.json``, ``learning_curves.csv/.png``, ``curves_<protocol>.csv/.png`` and
-``prediction.png/.gif``; ``error.json`` while a run that stopped on a non-finite loss is unread.
+``prediction.png/.gif``; Ray Train's own files (its snapshot of reported metrics) beside them.
 """
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 
-from ..checkpoint import CONFIG_FILE
 from ..config import ConfigError
 
-METRICS_FILE, ERROR_FILE = "metrics.json", "error.json"
+METRICS_FILE = "metrics.json"
 STRIP_NAME = "prediction"       # prediction.png / prediction.gif: input | truth | prediction
-CHECKPOINT_PREFIX = "checkpoint_"
 # Ray's placement-group strategies: PACK / SPREAD are best effort; STRICT_PACK puts every worker
 # on one node, STRICT_SPREAD each worker on a node of its own.
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
@@ -67,8 +67,8 @@ class RunSettings:
                                   f"allowed: {allowed}")
         need(bool(self.name) and "/" not in self.name and not self.name.startswith("."),
              "name", "a non-empty folder name without '/'")
-        need(isinstance(self.cpus_per_worker, (int, float)) and self.cpus_per_worker > 0,
-             "cpus_per_worker", "a number > 0")
+        need(isinstance(self.cpus_per_worker, (int, float)) and math.isfinite(self.cpus_per_worker)
+             and self.cpus_per_worker > 0, "cpus_per_worker", "a finite number > 0")
         for n in ("num_workers", "eval_windows", "eval_batch_size"):
             need(isinstance(getattr(self, n), int) and getattr(self, n) >= 1, n, "an integer >= 1")
         for n in ("checkpoint_every", "eval_every", "test_windows", "log_every",
@@ -105,18 +105,11 @@ def storage_location(uri: str):
     return Location.of(uri)
 
 
-def checkpoint_name(iteration: int) -> str:
-    return f"{CHECKPOINT_PREFIX}{iteration:09d}"
-
-
 def latest_checkpoint(run) -> str | None:
-    """The newest complete `checkpoint_<iteration>` folder of a run (relative name), or None."""
-    try:
-        names = {f.split("/", 1)[0] for f in run.list_files() if f.startswith(CHECKPOINT_PREFIX)
-                 and f.endswith("/" + CONFIG_FILE)}   # config.json is written last
-    except Exception:
-        return None
-    return max(names) if names else None
+    """The newest verified ``checkpoint_<iteration>`` folder of a run (relative name), or None
+    (``checkpoints.RunCheckpoints.newest_verified``, which also says what it skipped)."""
+    from .checkpoints import RunCheckpoints
+    return RunCheckpoints(run).newest_verified().name
 
 
 def read_json(loc, name: str) -> dict | None:

@@ -7,9 +7,14 @@ and calls ``fit``, which reads top to bottom:
     finish: test evaluation under the protocol, metrics.json, curves and the prediction strip
 
 A step is ``MemoryAlignment.step`` (phase 1 then phase 2, DESIGN §4) on the worker's batch;
-DDP averages the gradients. Rank 0 validates, checkpoints (model, optimizer, iteration, RNG
-states, config and the run's history through ``ray.train.report``) and writes the run folder.
-A restarted worker group continues from ``ray.train.get_checkpoint()``.
+DDP averages the gradients. Before each step every rank agrees (``control.Control``) to go on,
+to stop (the driver was asked to: checkpoint now and end), or to end on a rank's deterministic
+error. Rank 0 validates and commits checkpoints (model, optimizer, iteration, RNG states,
+config and the run's history) to the run folder through ``checkpoints.RunCheckpoints``, fenced
+by the job's lease; ``ray.train.report`` carries metrics only. Every worker group, first or
+restarted, resumes from the newest verified checkpoint (rank 0 chooses, every rank loads it).
+The loop's outcome (finished, stopped, failed with a message) is the function's return value,
+which Ray Train hands to the driver as ``Result.return_value``.
 """
 from __future__ import annotations
 
@@ -21,7 +26,7 @@ import time
 
 import torch
 
-from ..alignment import MemoryAlignment, NonFiniteLossError
+from ..alignment import MemoryAlignment
 from ..baselines import BASELINES
 from ..checkpoint import load_model, load_train_state, rng_state, save_checkpoint, set_rng_state
 from ..config import LMCConfig
@@ -30,36 +35,53 @@ from ..model import LMCModel, unwrap
 from ..plots import save_strip, to_uint8, write_curves, write_learning_curves
 from ..protocols import Protocol
 from ..scoring import score_windows, summarize_scores, test_windows, validation_metrics
-from .run import (ERROR_FILE, METRICS_FILE, STRIP_NAME, RunSettings, checkpoint_name,
-                  storage_location)
+from .checkpoints import RunCheckpoints, checkpoint_name
+from .control import Control, describe, deterministic
+from .lease import LeaseWatch
+from .run import METRICS_FILE, STRIP_NAME, RunSettings, storage_location
 from .tensorboard import TensorBoard
 
 STRIP_CANDIDATES = 64     # test windows the prediction strip is chosen from
 
 
-def train_loop_per_worker(config: dict) -> None:
-    """Ray Train's entry point: ``config`` is the driver's ``train_loop_config``."""
+def train_loop_per_worker(config: dict) -> dict:
+    """Ray Train's entry point: ``config`` is the driver's ``train_loop_config``. Returns the
+    outcome: {"status": "finished" | "stopped" | "failed", "iteration", "message"}."""
     os.environ.update(config["s3_env"])    # before any s3:// access on this worker
-    Trainer(config["model"], config["settings"], config["protocol"], config["run_uri"],
-            config["hooks"], config["submission"]).fit()
+    try:
+        trainer = Trainer(config["model"], config["settings"], config["protocol"],
+                          config["run_uri"], config["hooks"], config["submission"],
+                          lease_owner=config.get("lease_owner"), changes=config.get("changes"),
+                          data_fingerprint=config.get("data_fingerprint"))
+    except Exception as e:
+        if not deterministic(e):
+            raise                            # Ray Train restarts the worker group
+        return {"status": "failed", "iteration": None, "message": describe(e)}
+    return trainer.fit()
 
 
 class Trainer:
     def __init__(self, cfg: LMCConfig, settings: RunSettings, protocol: Protocol, run_uri: str,
-                 hooks=(), submission: str = ""):
+                 hooks=(), submission: str = "", lease_owner: str | None = None,
+                 changes: dict | None = None, data_fingerprint: str | None = None):
         import ray.train
         import ray.train.torch
 
         self.cfg, self.s, self.protocol, self.hooks = cfg, settings, protocol, list(hooks)
         self.run = storage_location(run_uri)
+        self.checkpoints = RunCheckpoints(self.run)
+        self.data_fingerprint = data_fingerprint      # recorded in each checkpoint's manifest
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         torch.set_num_threads(settings.torch_threads)
         self.device = ray.train.torch.get_device()
+        # rank 0 watches the lease (the driver's stop request, the fence on commits)
+        watch = LeaseWatch(self.run, lease_owner) if lease_owner and self.rank == 0 else None
+        self.control = Control(self.rank, self.world, watch)
 
         state = self._build_model()
         self._restore(state)
-        self._record_attempt(submission)
+        self._record_attempt(submission, changes or {})
         self.log_every = settings.log_interval(cfg.iterations)
         self.eval_every = settings.eval_interval(cfg.iterations)
         self.checkpoint_every = settings.checkpoint_interval(cfg.iterations)
@@ -72,18 +94,31 @@ class Trainer:
         for h in self.hooks:
             h.setup(self)
 
+    def _resume_point(self) -> str | None:
+        """The newest verified checkpoint, chosen by rank 0 (the same function the driver
+        announced with) and broadcast, so every rank loads the same one."""
+        choice = [None]
+        if self.rank == 0:
+            found = self.checkpoints.newest_verified()
+            if found.skipped:
+                print(found.describe(), flush=True)
+            choice = [found.name]
+        if self.world > 1:
+            torch.distributed.broadcast_object_list(choice, src=0, group=self.control.group)
+        return choice[0]
+
     def _build_model(self) -> dict | None:
-        """The model, from the latest checkpoint (if any), under DDP (which broadcasts rank 0's
-        weights; each phase leaves one encoder unused: find_unused_parameters), and its
-        ``MemoryAlignment``. Returns the checkpoint's train state (None for a new run)."""
-        import ray.train
+        """The model, from the newest verified checkpoint (if any), under DDP (which broadcasts
+        rank 0's weights; each phase leaves one encoder unused: find_unused_parameters), and
+        its ``MemoryAlignment``. Returns the checkpoint's train state (None for a new run)."""
         import ray.train.torch
 
         torch.manual_seed(self.cfg.seed)
-        state, ckpt = None, ray.train.get_checkpoint()
-        if ckpt is not None:
-            with ckpt.as_directory() as d:
-                core = load_model(d, self.cfg)       # refuses another architecture, listing keys
+        state, self.resumed_from = None, self._resume_point()
+        if self.resumed_from is not None:
+            self.checkpoints.known_good.add(self.resumed_from)
+            with self.checkpoints.local_copy(self.resumed_from) as d:
+                core = load_model(d, self.cfg)  # verifies; refuses another architecture
                 state = load_train_state(d)
         else:
             core = LMCModel(self.cfg)
@@ -103,22 +138,28 @@ class Trainer:
         self.history, self.val_history, self.attempts = [], [], []
         if state is not None:
             self.align.load_state_dict(state["alignment"])
+            # the config's lr, not the checkpoint's: a change the driver allowed is applied
+            self.align.lr = self.cfg.lr
+            for group in self.align.optimizer.param_groups:
+                group["lr"] = self.cfg.lr
             set_rng_state(state["rng"])
             self.history, self.val_history = state["history"], state["validation"]
             self.attempts = state.get("attempts") or [   # older checkpoints kept starts only
                 {"iteration": i, "submission": None} for i in state.get("starts", [])]
         self.start = self.align.iteration
 
-    def _record_attempt(self, submission: str) -> None:
-        """Where this attempt runs and why it started: a new run, the same run submitted again,
-        or Ray Train restarting the worker group after a failure (same submission)."""
+    def _record_attempt(self, submission: str, changes: dict) -> None:
+        """Where this attempt runs and why it started: a new run, the same run submitted again
+        (with the config changes the user allowed), or Ray Train restarting the worker group
+        after a failure (same submission)."""
         self.workers = _gather_workers(self.rank, self.world)
+        restart = bool(self.attempts) and self.attempts[-1]["submission"] == submission
         self.attempts = self.attempts + [{
             "iteration": self.start, "submission": submission, "started_at": time.time(),
-            "first_step_at": None, "workers": self.workers,
+            "first_step_at": None, "workers": self.workers, "resumed_from": self.resumed_from,
+            "changes": {} if restart else changes,
             "cause": ("new run" if not self.attempts else
-                      "restart after a failure" if self.attempts[-1]["submission"] == submission
-                      else "resubmitted")}]
+                      "restart after a failure" if restart else "resubmitted")}]
 
     def _open_batches(self):
         """This worker's endless stream of training windows (a resumed run shuffles afresh)."""
@@ -136,37 +177,97 @@ class Trainer:
             seed=cfg.seed + 7919 * self.rank + 104_729 * self.start)
 
     # -- the loop --------------------------------------------------------------------------------
-    def fit(self) -> None:
+    def fit(self) -> dict:
+        """Steps until the iteration budget, a stop or a deterministic failure; the outcome."""
         try:
-            while self.align.iteration < self.cfg.iterations:
-                losses = self.step()
-                done = self.align.iteration
-                checkpoint_now = done % self.checkpoint_every == 0 or done == self.cfg.iterations
-                if done % self.eval_every == 0 or checkpoint_now:
-                    metrics = {"iteration": done, **losses, **self._throughput()}
-                    if done % self.eval_every == 0 and self.rank == 0:
-                        metrics.update(self.validate())
-                    self.report(metrics, checkpoint_now)
-        except NonFiniteLossError as e:
-            # Every rank raises at the same step (the finite flag is all-reduced). Retrying from
-            # the last checkpoint would replay the same batch: stop and tell the driver.
-            if self.rank == 0:
-                self.run.write_bytes(json.dumps({"error": "NonFiniteLossError",
-                                                 "message": str(e)}).encode(), ERROR_FILE)
-            return
+            outcome = self._loop()
         finally:
+            self.control.close()
             for h in self.hooks:
                 h.close(self)
-        if self.align.iteration == self.start:   # resumed a finished run: it still needs a result
-            self.report({"iteration": self.start}, with_checkpoint=False)
-        if self.rank == 0:
-            self.finish()
+        if outcome["status"] == "finished" and self.rank == 0:
+            try:
+                self.finish()
+            except Exception as e:
+                if not deterministic(e):
+                    raise
+                return self._outcome("failed", describe(e))
+        return outcome
 
-    def step(self) -> dict:
-        """One iteration of Algorithm 1 on the next batch; the loss history at its interval."""
+    def _loop(self) -> dict:
+        if self.align.iteration >= self.cfg.iterations:   # a finished run: it still needs a result
+            self.report({"iteration": self.start}, with_checkpoint=False)
+            return self._outcome("finished")
+        while self.align.iteration < self.cfg.iterations:
+            window, failure, t0 = None, None, time.perf_counter()
+            try:
+                window = next(self.batches)
+            except Exception as e:
+                if not deterministic(e):
+                    raise
+                failure = describe(e)
+            self._wait += time.perf_counter() - t0
+            verdict = self.control.agree(failure)
+            if verdict.failure or verdict.abort:
+                return self._outcome("failed", verdict.failure or
+                                     f"run {self.run.uri}: stopped without writing: {verdict.abort}")
+            if verdict.stop:
+                return self._stop(verdict.stop)
+            try:
+                losses = self.step(window)
+            except Exception as e:        # the non-finite guard raises on every rank alike
+                if not deterministic(e):
+                    raise
+                return self._outcome("failed", describe(e))
+            done = self.align.iteration
+            checkpoint_now = done % self.checkpoint_every == 0 or done == self.cfg.iterations
+            if done % self.eval_every == 0 or checkpoint_now:
+                failure = self._boundary({"iteration": done, **losses, **self._throughput()},
+                                         validate=done % self.eval_every == 0,
+                                         checkpoint=checkpoint_now)
+                if failure:
+                    return self._outcome("failed", failure)
+        return self._outcome("finished")
+
+    def _boundary(self, metrics: dict, *, validate: bool, checkpoint: bool) -> str | None:
+        """Rank 0 validates and commits; every rank agrees on how that went, then reports.
+        The failure message when any rank met a deterministic error."""
+        failure = None
+        try:
+            if validate and self.rank == 0:
+                metrics.update(self.validate())
+            if checkpoint and self.rank == 0:
+                self.commit_checkpoint()
+        except Exception as e:
+            if not deterministic(e):
+                raise
+            failure = describe(e)
+        verdict = self.control.agree(failure)
+        if verdict.failure or verdict.abort:
+            return verdict.failure or f"run {self.run.uri}: stopped without writing: {verdict.abort}"
+        self.report(metrics)
+        return None
+
+    def _stop(self, reason: str) -> dict:
+        """The driver was asked to stop: checkpoint this step (unless just done) and end."""
+        done = self.align.iteration
+        fresh = checkpoint_name(done) in self.checkpoints.known_good
+        failure = self._boundary({"iteration": done, **self._throughput()}, validate=False,
+                                 checkpoint=not fresh and done > self.start)
+        if failure:
+            return self._outcome("failed", failure)
+        return self._outcome("stopped", reason)
+
+    def _outcome(self, status: str, message: str | None = None) -> dict:
+        newest = max(self.checkpoints.known_good, default=None)
+        return {"status": status, "iteration": self.align.iteration, "message": message,
+                "checkpoint": newest}
+
+    def step(self, window) -> dict:
+        """One iteration of Algorithm 1 on ``window``; the loss history at its interval."""
         it = self.align.iteration
         t0 = time.perf_counter()
-        window = next(self.batches).to(self.device, non_blocking=True)
+        window = window.to(self.device, non_blocking=True)
         self._wait += time.perf_counter() - t0
         for h in self.hooks:
             window = h.before_step(self, it, window)
@@ -190,8 +291,9 @@ class Trainer:
         self.val_history.append({"iteration": self.align.iteration, **val})
         return val
 
-    def report(self, metrics: dict, with_checkpoint: bool) -> None:
-        """``ray.train.report`` on every rank; rank 0 attaches the checkpoint when it is due."""
+    def report(self, metrics: dict, with_checkpoint: bool = False) -> None:
+        """``ray.train.report`` of ``metrics`` on every rank (a barrier; no checkpoint: the run
+        folder's verified checkpoints are the only record, see ``checkpoints``)."""
         import ray.train
 
         self.last_report = metrics
@@ -199,15 +301,22 @@ class Trainer:
             self.tensorboard.scalars(metrics["iteration"], {
                 k if k.startswith("val_") else f"train/{k}": v
                 for k, v in metrics.items() if k != "iteration"})
-        if with_checkpoint and self.rank == 0:
-            with tempfile.TemporaryDirectory() as tmp:
-                save_checkpoint(tmp, self.core, self.cfg, self._train_state())
-                self.tensorboard.flush()
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                                 checkpoint_dir_name=checkpoint_name(self.align.iteration))
-        else:
-            ray.train.report(metrics)
+        ray.train.report(metrics)
         self._reset_throughput()
+
+    def commit_checkpoint(self) -> None:
+        """Rank 0: this iteration's checkpoint, committed to the run folder (fenced by the
+        lease), then the checkpoints beyond ``num_to_keep`` pruned."""
+        watch = self.control.watch
+        with tempfile.TemporaryDirectory() as tmp:
+            save_checkpoint(tmp, self.core, self.cfg, self._train_state(),
+                            extra={"iteration": self.align.iteration,
+                                   "data_fingerprint": self.data_fingerprint})
+            if self.tensorboard:
+                self.tensorboard.flush()
+            self.checkpoints.commit(tmp, checkpoint_name(self.align.iteration),
+                                    fence=watch.fence if watch else (lambda: None))
+        self.checkpoints.prune(self.s.num_to_keep)
 
     def finish(self) -> None:
         """Rank 0: the test evaluation under the protocol, metrics.json and the pictures."""
@@ -225,6 +334,8 @@ class Trainer:
                     self.run.put_file(os.path.join(tmp, f), f)
         self.run.write_bytes(json.dumps(metrics, indent=1).encode(), METRICS_FILE)
         tb, it = self.tensorboard, self.align.iteration
+        if self.control.watch:
+            self.control.watch.fence()
         tb.scalars(it, {f"test/{k}": v for k, v in scored["test"]["mean"].items()})
         tb.scalars(it, {f"test/{b}_{k}": v for b, rep in scored["baselines"].items()
                         for k, v in rep["mean"].items()})

@@ -1,0 +1,85 @@
+"""What every rank of a run agrees on at each step boundary: go on, stop (checkpoint and end:
+the driver was asked to stop), abort (this job's lease is lost: end without writing), or fail
+(a rank met a deterministic error: end, naming it, without retrying).
+
+One tiny all-reduce per step on a gloo group of its own (CPU; no GPU sync, ~0.1 ms on one
+host), so a rank that cannot read its batch ends the run with the others instead of leaving
+them waiting in DDP's all-reduce. Rank 0 contributes the lease's state from ``LeaseWatch``
+(read by its thread, never on the step path).
+
+``deterministic(e)``: the errors that would repeat if Ray Train restarted the worker group
+(bad config, data, checkpoint or storage: a full disk, a permission, a corrupt file, a lost
+lease, a non-finite loss). Worker and node deaths are not errors here: Ray retries those.
+"""
+from __future__ import annotations
+
+import errno
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from ..alignment import NonFiniteLossError
+from ..config import ConfigError
+from ..reference import CheckpointError
+from .lease import LeaseLost
+
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
+_STORAGE_MESSAGES = ("No space left on device", "Disk quota exceeded", "Permission denied",
+                     "Read-only file system", "AccessDenied", "Access Denied")
+
+
+def deterministic(e: BaseException) -> bool:
+    """Whether ``e`` would happen again on a retry (see the module docstring)."""
+    from pipeline import DataError
+    from .run import StorageError
+    if isinstance(e, (ConfigError, DataError, CheckpointError, StorageError, LeaseLost,
+                      NonFiniteLossError)):
+        return True
+    if isinstance(e, OSError):
+        return e.errno in _STORAGE_ERRNOS or any(m in str(e) for m in _STORAGE_MESSAGES)
+    return False
+
+
+def describe(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"[:600]
+
+
+@dataclass
+class Verdict:
+    stop: str | None = None        # "SIGINT" / "SIGTERM": checkpoint at this boundary, then end
+    abort: str | None = None       # the lease is lost: end without writing
+    failure: str | None = None     # a rank's deterministic error: end, naming it
+
+
+class Control:
+    def __init__(self, rank: int, world: int, watch=None):
+        self.rank, self.world, self.watch = rank, world, watch
+        self.group = dist.new_group(backend="gloo") if world > 1 else None
+
+    def agree(self, failure: str | None = None) -> Verdict:
+        """Every rank's call returns the same verdict (a collective: call it on every rank at
+        the same point). ``failure``: this rank's error message, if it met one."""
+        stop = self.watch.stop if self.watch else None
+        abort = self.watch.problem if self.watch else None
+        flags = torch.tensor([stop is not None, abort is not None, failure is not None],
+                             dtype=torch.int32)
+        if self.group is not None:
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=self.group)
+        if not flags.any():
+            return Verdict()
+        # rare: share the words (rank 0's lease state, every rank's failure)
+        mine = {"stop": stop, "abort": abort, "failure": failure}
+        everyone = [mine]
+        if self.group is not None:
+            everyone = [None] * self.world
+            dist.all_gather_object(everyone, mine, group=self.group)
+        failures = [f"rank {r}: {m['failure']}" if self.world > 1 else m["failure"]
+                    for r, m in enumerate(everyone) if m["failure"]]
+        return Verdict(stop=everyone[0]["stop"], abort=everyone[0]["abort"],
+                       failure="; ".join(failures) or None)
+
+    def close(self) -> None:
+        if self.watch:
+            self.watch.close()
