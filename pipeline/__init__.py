@@ -8,6 +8,7 @@ and the sources load on first use.
     ds = pipeline.load_split("data/kth-shards", "train")          # ray.data.Dataset
     for window in pipeline.iter_train_batches(ds, batch_size=8, window_len=20, seed=0): ...
     facts = pipeline.DatasetFacts.read("data/kth-shards")          # what the shards hold
+    pipeline.verify_dataset(facts, ("train", "test"))              # files = manifest (sha256)
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ _LAZY = {
     "read_manifest": "pipeline.shards", "frames_from_row": "pipeline.shards",
     "verify": "pipeline.shards", "OutputExistsError": "pipeline.shards",
     "DatasetFacts": "pipeline.shards", "DataError": "pipeline.shards",
+    "verify_dataset": "pipeline.integrity", "VerifyReport": "pipeline.integrity",
     "prepare": "pipeline.preparation",
     "KTHSource": "pipeline.sources", "MovingMNISTSource": "pipeline.sources",
     "H36MSource": "pipeline.sources", "FolderSource": "pipeline.sources",

@@ -4,6 +4,7 @@ Layout of an output folder (local or s3://):
 
     manifest.json        written last; without it the folder is not a dataset
     errors.jsonl         one {"path", "reason"} per skipped input
+    verified.json        files a job has verified already (``pipeline.integrity``; optional)
     train/part-<sha>.parquet, test/part-<sha>.parquet
 
 Each row is one clip pair. `frames` holds the window's raw uint8 pixels in C order; reshape with
@@ -28,6 +29,7 @@ from pipeline.storage import Location
 SCHEMA_VERSION = 1
 FORMAT = "lmc-clip-pairs"
 MANIFEST, ERRORS = "manifest.json", "errors.jsonl"
+RECORD = "verified.json"      # what pipeline.integrity verified already (not part of the dataset)
 SPLITS = ("train", "test")
 SHARD_SCHEMA = pa.schema([
     ("video_id", pa.string()),
@@ -132,6 +134,13 @@ class DatasetFacts:
     def test_out_len(self) -> int:
         return self.test_window_len - self.short_len
 
+    def row_shape(self, split: str) -> dict:
+        """What every row of ``split`` holds by the manifest: {"num_frames", "height", "width",
+        "channels"} (the loaders' ``expect``; ``pipeline.verify_dataset`` checks the shards
+        agree)."""
+        return {"num_frames": self.test_window_len if split == "test" else self.train_window_len,
+                "height": self.img_size, "width": self.img_size, "channels": self.channels}
+
     def split_files(self, split: str) -> list[str]:
         """The shard files of ``split`` (relative paths), after checking that the split is
         known, not empty, and that every file the manifest lists is there."""
@@ -182,7 +191,8 @@ class DatasetFacts:
 def _ours(rel: str) -> bool:
     """Files a preparing run may have left (and may therefore delete)."""
     head = rel.split("/", 1)[0]
-    return rel in (MANIFEST, ERRORS) or head in SPLITS or rel.rsplit("/", 1)[-1].startswith(".tmp-")
+    return (rel in (MANIFEST, ERRORS, RECORD) or head in SPLITS
+            or rel.rsplit("/", 1)[-1].startswith(".tmp-"))
 
 
 def _config_diff(old: dict, new: dict) -> str:

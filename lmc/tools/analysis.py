@@ -179,13 +179,15 @@ def analyze_memory(checkpoint, data, output, *, preset=None, max_per_class: int 
         raise ValueError(f"reduce={reduce!r}: allowed {' | '.join(REDUCTIONS)}")
     if max_per_class < 1:
         raise ValueError(f"max_per_class must be >= 1, got {max_per_class}")
-    from pipeline import DatasetFacts
+    from pipeline import DatasetFacts, verify_dataset
 
     cfg = checkpoint_config(checkpoint, preset)
     if cfg.query == "none":
         raise ValueError("this checkpoint has no memory (query='none'): nothing to analyse")
+    facts = DatasetFacts.read(data)
+    verify_dataset(facts, ("test",), log=log)     # the files are the manifest's (sha256, rows)
     # the long clip (frames long_start .. long_start + long_len - 1) must fit a test window
-    DatasetFacts.read(data).require(
+    facts.require(
         who=f"the long clip from frame {long_start} (long_len {cfg.long_len})",
         channels=cfg.channels, img_size=cfg.img_size,
         test_len=max(cfg.short_len, long_start + cfg.long_len), splits=("test",))

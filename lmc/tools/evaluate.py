@@ -8,7 +8,9 @@ What it does, in order (DESIGN §6):
   1. loads the model (a checkpoint folder of this project, or a reference ``.pt`` file with a
      preset) and the test shards' facts (``pipeline.DatasetFacts``), and checks they match:
      channels, image size, and windows long enough for every protocol. A mismatch is a
-     ``pipeline.DataError`` naming both sides, raised before any frame is read;
+     ``pipeline.DataError`` naming both sides, raised before any frame is read; so is a test
+     shard file that is not the one the manifest lists (``pipeline.verify_dataset``: size,
+     sha256 once per file change, rows' shape);
   2. predicts every test window once with the longest horizon asked for (the rollout is
      autoregressive without teacher forcing and F_mem depends on the short clip only, so the
      first K frames of a 40-frame prediction *are* the K-frame prediction) and scores each
@@ -104,10 +106,11 @@ def evaluate(checkpoint, data, *, protocols: Sequence[str | Protocol] | None = N
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if max_samples is not None and max_samples < 1:
         raise ValueError(f"max_samples must be >= 1 (or None for all), got {max_samples}")
-    from pipeline import DatasetFacts
+    from pipeline import DatasetFacts, verify_dataset
 
     cfg = checkpoint_config(checkpoint, preset)                       # cheap: no weights yet
     facts = DatasetFacts.read(data)
+    verify_dataset(facts, ("test",), log=log)     # the files are the manifest's (sha256, rows)
     protos = ([get_protocol(p) for p in protocols] if protocols
               else default_protocols(cfg.short_len, facts.dataset, facts.test_window_len))
     check_protocols(cfg, protos)
