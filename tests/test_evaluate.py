@@ -230,7 +230,7 @@ def test_exported_half_precision_checkpoint_loads_as_the_rounded_weights(checkpo
 
     path, model, cfg = checkpoint
     out = export_weights(path, tmp_path / "small")
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.pt"]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.json", "config.json", "model.pt"]
     assert (out / MODEL_FILE).stat().st_size < 0.6 * (Path(path) / MODEL_FILE).stat().st_size
     loaded = load_model(out)
     assert loaded.cfg == cfg

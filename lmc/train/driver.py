@@ -55,10 +55,11 @@ class Plan:
     data_fingerprint: str | None = None
 
 
-def check(cfg: LMCConfig, s: RunSettings):
-    """Config vs run settings vs the shards, reading nothing but the manifest:
-    (``pipeline.DatasetFacts``, the protocol the run scores). One clear error each."""
-    from pipeline import DataError, DatasetFacts
+def check(cfg: LMCConfig, s: RunSettings, log=None):
+    """Config vs run settings vs the shards (the manifest, then every shard file verified
+    against it): (``pipeline.DatasetFacts``, the protocol the run scores). One clear error
+    each; ``log`` gets the verification's one line."""
+    from pipeline import DataError, DatasetFacts, verify_dataset
 
     if not isinstance(cfg, LMCConfig):
         raise ConfigError(f"expected an LMCConfig, got {type(cfg).__name__}")
@@ -72,6 +73,7 @@ def check(cfg: LMCConfig, s: RunSettings):
     facts = DatasetFacts.read(s.data)
     facts.require(channels=cfg.channels, img_size=cfg.img_size, short_len=cfg.short_len,
                   train_len=cfg.window_len, splits=("train", "test"))
+    verify_dataset(facts, ("train", "test"), log=log)   # sizes, sha256 (once), rows vs manifest
     try:
         protocol = protocol_for(cfg.short_len, facts.test_out_len, s.protocol)
     except ValueError as e:
@@ -153,13 +155,13 @@ def _check_resume(cfg: LMCConfig, run, name: str, fingerprint: str | None,
     return changes
 
 
-def validate(cfg: LMCConfig, s: RunSettings, allow_change=()) -> Plan:
+def validate(cfg: LMCConfig, s: RunSettings, allow_change=(), log=None) -> Plan:
     """``check``, then the run folder (created, probed), its newest verified checkpoint and
     the config changes against it (refused unless in ``allow_change``)."""
     from pipeline.shards import read_manifest
 
     allow_change = check_allow_change(allow_change)
-    facts, protocol = check(cfg, s)
+    facts, protocol = check(cfg, s, log=log)
     root = storage_location(s.storage)
     run = check_storage(root.child(s.name).uri)
     fingerprint = read_manifest(s.data).get("fingerprint")
@@ -211,8 +213,8 @@ def train(cfg: LMCConfig, settings: RunSettings, *, hooks=(), callbacks: list | 
     ``RunFailedError`` on any other deterministic error met while training (neither is
     retried), ``RuntimeError`` when workers keep dying.
     """
-    plan = validate(cfg, settings, allow_change)
     say = print if verbose else (lambda *a, **k: None)
+    plan = validate(cfg, settings, allow_change, log=say)
     run = storage_location(plan.run_uri)
     lease = RunLease(run, job_id=_job_id(), warn=print).acquire(force=force_unlock)
     try:

@@ -3,14 +3,15 @@
 The job's driver acquires the lease before any Ray work and keeps it fresh from a thread
 (``heartbeat_s``); a second job on the same folder fails in seconds naming the holder. A lease
 whose heartbeat is older than ``stale_after_s`` belongs to a job that is gone (killed, its node
-lost): the next job takes it over with a warning. ``force=True`` (``--force-unlock``) takes any
-lease. The lease also carries the driver's requests to the workers (``stop``: checkpoint at the
+lost): the next job takes it over with a warning, at once when the holder ran on this host and
+its process is gone. ``force=True`` (``--force-unlock``) takes any lease. The lease also carries the driver's requests to the workers (``stop``: checkpoint at the
 next step and end), and it fences the workers: rank 0 commits a checkpoint only while the lease
 is still its job's and its heartbeat is fresh (``LeaseWatch``), so a killed driver's workers
 commit nothing once its heartbeat has stopped (design.md, "Reliability").
 
-Atomicity: locally the lease is created with ``os.link`` (fails if the name exists) and taken
-over by renaming the stale file away (only one taker's rename succeeds). On S3 the store's
+Atomicity: locally every write (create, heartbeat, takeover) checks the lease and renames a
+complete new file over it under an exclusive ``flock`` of a side file, so two takers cannot both
+win and a reader never sees half a lease. On S3 the store's
 conditional writes do the same (``If-None-Match: *`` to create, ``If-Match: <etag>`` to
 heartbeat or take over); AWS S3 supports both since 2024, as do recent MinIO and moto. A store
 without them (it answers 501 NotImplemented) is refused unless ``LMC_S3_UNCONDITIONAL_LEASE=1``,
@@ -19,6 +20,7 @@ Plain Python and boto3, no Ray.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import socket
@@ -26,6 +28,7 @@ import tempfile
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 LEASE_FILE = "lease.json"
@@ -78,58 +81,77 @@ class Holder:
             return None          # a lease cut short is nobody's
 
 
+def _process_gone(holder: Holder) -> bool:
+    """Whether the holder ran on this host and its process no longer exists (a killed job
+    whose lease need not age out). Another host's process cannot be seen from here."""
+    if holder.host != socket.gethostname() or holder.pid == os.getpid():
+        return False
+    try:
+        os.kill(holder.pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 # -- backends: create / replace-if-unchanged / read / delete ------------------------------------
 
 class _LocalLeaseFile:
     def __init__(self, folder: str):
         self.path = os.path.join(folder, LEASE_FILE)
+        self.lock_path = os.path.join(folder, f".{LEASE_FILE}.lock")
 
     def read(self) -> tuple[bytes, str] | None:
         """(content, version) or None; the version is what ``replace`` checks."""
         try:
             with open(self.path, "rb") as f:
                 data = f.read()
-            st = os.stat(self.path)
+                st = os.fstat(f.fileno())
         except FileNotFoundError:
             return None
         return data, f"{st.st_ino}:{st.st_mtime_ns}:{st.st_size}"
 
-    def _staged(self, data: bytes) -> str:
+    @contextmanager
+    def _locked(self):
+        """Writers take an exclusive flock on a side file; readers need none (every write is
+        a rename of a complete file, so a reader sees the old lease or the new one)."""
+        fd = os.open(self.lock_path, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _put(self, data: bytes) -> None:
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(self.path), prefix=".lease-")
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.chmod(tmp, 0o644)
-        return tmp
+        os.replace(tmp, self.path)
 
     def create(self, data: bytes) -> bool:
-        tmp = self._staged(data)
-        try:
-            os.link(tmp, self.path)        # atomic: fails when the lease exists
+        with self._locked():
+            if os.path.exists(self.path):
+                return False
+            self._put(data)
             return True
-        except FileExistsError:
-            return False
-        finally:
-            os.remove(tmp)
 
     def replace(self, data: bytes, version: str) -> bool:
-        """Swap the lease for ``data`` if it is still at ``version``: the old file is renamed
-        away first (one renamer wins), then the new one linked in."""
-        now = self.read()
-        if now is None or now[1] != version:
-            return False
-        aside = f"{self.path}.old-{uuid.uuid4().hex[:8]}"
-        try:
-            os.rename(self.path, aside)
-        except FileNotFoundError:
-            return False
-        os.remove(aside)
-        return self.create(data)
+        """Swap the lease for ``data`` if it is still at ``version``."""
+        with self._locked():
+            now = self.read()
+            if now is None or now[1] != version:
+                return False
+            self._put(data)
+            return True
 
     def delete(self) -> None:
-        try:
-            os.remove(self.path)
-        except FileNotFoundError:
-            pass
+        with self._locked():
+            try:
+                os.remove(self.path)
+            except FileNotFoundError:
+                pass
 
 
 class _S3LeaseFile:
@@ -225,15 +247,17 @@ class RunLease:
                 continue                           # released meanwhile: try again
             other = Holder.from_bytes(got[0])
             age = time.time() - other.heartbeat_at if other else float("inf")
-            if other and age <= self.stale_after_s and not force:
+            gone = other is not None and _process_gone(other)
+            if other and age <= self.stale_after_s and not force and not gone:
                 raise RunLockedError(
                     f"run {self.run.uri} is in use by another job ({other.describe()}); wait "
                     f"for it to end, or if that job is gone pass --force-unlock (a lease "
                     f"without a heartbeat for {self.stale_after_s:.0f} s is taken over "
                     "automatically)")
             if self.file.replace(self.holder.to_bytes(), got[1]):
-                why = "--force-unlock" if force and age <= self.stale_after_s else (
-                    f"no heartbeat for {age:.0f} s" if other else "the lease file was unreadable")
+                why = ("its process is gone" if gone else
+                       "--force-unlock" if force and age <= self.stale_after_s else
+                       f"no heartbeat for {age:.0f} s" if other else "the lease file was unreadable")
                 self.warn(f"warning: took over the lease of run {self.run.uri} from "
                           f"{other.describe() if other else 'an unknown holder'} ({why})")
                 break

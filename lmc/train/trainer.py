@@ -172,6 +172,7 @@ class Trainer:
         return pipeline.iter_train_batches(
             ray.train.get_dataset_shard("train"), batch_size=per_worker,
             window_len=cfg.window_len, epochs=None,
+            expect={"channels": cfg.channels, "height": cfg.img_size, "width": cfg.img_size},
             local_shuffle_buffer_size=pipeline.shuffle_buffer_rows(
                 cfg.window_len * cfg.img_size ** 2 * cfg.channels, per_worker),
             seed=cfg.seed + 7919 * self.rank + 104_729 * self.start)
