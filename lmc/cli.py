@@ -44,6 +44,41 @@ def add_config_flags(p: argparse.ArgumentParser, *, default_preset: str | None,
     p.add_argument("--set", action=_RemovedSet, help=argparse.SUPPRESS)
 
 
+_CONFIG_EXAMPLE = """'{"lr": 0.001, "memory_slots": 50}'"""
+
+
+def read_config_arg(value: str) -> dict:
+    """The fields that ``--config`` gives: a .json file holding one JSON object, or the object
+    itself. Anything else is a ``ConfigError`` saying which of the two it failed to be."""
+    fix = f"give a .json file of config fields or a JSON object such as {_CONFIG_EXAMPLE}"
+    if os.path.isdir(value):
+        raise ConfigError(f"--config {value!r} is a folder; {fix}")
+    is_file = os.path.isfile(value)
+    if is_file:
+        try:
+            with open(value, encoding="utf-8") as f:
+                text = f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"--config {value!r}: the file cannot be read as JSON text ({e}); "
+                              f"{fix}") from None
+    else:
+        text = value
+    try:
+        extra = json.loads(text)
+    except json.JSONDecodeError as e:
+        if is_file or text.lstrip().startswith("{"):
+            raise ConfigError(f"--config {value!r}: {'the file is ' if is_file else ''}not valid "
+                              f"JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+        raise ConfigError(f"--config {value!r}: no such file, and not a JSON object; {fix}"
+                          ) from None
+    if not isinstance(extra, dict):
+        kind = {list: "list", str: "string", bool: "boolean", int: "number",
+                float: "number"}.get(type(extra), "null")
+        what = "the file holds" if is_file else "no such file, and"
+        raise ConfigError(f"--config {value!r}: {what} a JSON {kind}, not an object; {fix}")
+    return extra
+
+
 def config_from_args(a: argparse.Namespace, *, preset_name: str | None = None,
                      overrides: dict | None = None, skip: tuple[str, ...] = ()) -> LMCConfig:
     """``preset_name`` (default: --preset), ``overrides`` (a job's own defaults), --config,
@@ -51,12 +86,7 @@ def config_from_args(a: argparse.Namespace, *, preset_name: str | None = None,
     d = preset(preset_name or a.preset).to_dict()
     d.update(overrides or {})
     if a.config:
-        text = open(a.config).read() if os.path.isfile(a.config) else a.config
-        try:
-            extra = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"--config {a.config!r}: neither a .json file nor a JSON object "
-                              f"({e.msg} at position {e.pos})") from None
+        extra = read_config_arg(a.config)
         unknown = sorted(set(extra) - set(d))
         if unknown:
             raise ConfigError(f"--config: unknown config field(s) {unknown}; allowed: {sorted(d)}")

@@ -13,7 +13,7 @@ from ray.data import Datasink
 from pipeline.config import ShardConfig
 from pipeline.rows import DECODED, KIND, PATH, REASON
 from pipeline.shards import SHARD_SCHEMA, SPLITS, sha256_file
-from pipeline.storage import Location
+from pipeline.storage import Location, new_temp_file
 
 
 class ShardDatasink(Datasink):
@@ -62,7 +62,8 @@ class ShardDatasink(Datasink):
 
     def _writer(self, writers: dict, split: str) -> pq.ParquetWriter:
         if split not in writers:
-            fd, tmp = tempfile.mkstemp(suffix=".parquet", prefix="lmc-shard-")
+            # the finished file is moved into a local output as it is: the usual mode, not 0600
+            fd, tmp = new_temp_file(tempfile.gettempdir(), "lmc-shard-", ".parquet")
             os.close(fd)
             writers[split] = (tmp, pq.ParquetWriter(
                 tmp, SHARD_SCHEMA, compression="zstd", compression_level=self.config.zstd_level,

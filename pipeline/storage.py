@@ -10,6 +10,7 @@ on workers whose environment lacks them.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -44,6 +45,22 @@ def s3_filesystem() -> pafs.S3FileSystem:
         if os.environ.get("AWS_SESSION_TOKEN"):
             kwargs["session_token"] = os.environ["AWS_SESSION_TOKEN"]
     return pafs.S3FileSystem(**kwargs)
+
+
+def new_temp_file(folder: str, prefix: str = ".tmp-", suffix: str = "") -> tuple[int, str]:
+    """(fd open for writing, path) of a new, uniquely named file in ``folder``, made as a plain
+    ``open(path, "w")`` makes one: mode 0o666 less the umask (0644 under the usual 022).
+    ``tempfile.mkstemp`` makes 0600 files, which a rename then leaves unreadable to the group
+    and others (a manifest, errors.jsonl, metrics.json, a shard). The kernel applies the umask,
+    so nothing here reads or changes it (``os.umask`` is process-wide, racy with threads)."""
+    for _ in range(100):
+        path = os.path.join(folder, f"{prefix}{secrets.token_hex(8)}{suffix}")
+        try:
+            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
+                           0o666), path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{folder}: no free temporary file name (prefix {prefix!r})")
 
 
 @dataclass
@@ -118,14 +135,19 @@ class Location:
             return f.read()
 
     def write_bytes(self, data: bytes, *parts: str) -> None:
-        """Write a file; local writes go through a temp file and an atomic rename."""
+        """Write a file; local writes go through a temp file and an atomic rename, and get the
+        mode a plain ``open(..., "w")`` gives (``new_temp_file``)."""
         target = self.path(*parts)
         if self.is_local:
             os.makedirs(os.path.dirname(target), exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".tmp-")
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, target)
+            fd, tmp = new_temp_file(os.path.dirname(target))
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                os.replace(tmp, target)
+            finally:
+                if os.path.exists(tmp):
+                    os.remove(tmp)
         else:
             with self.fs.open_output_stream(target) as f:
                 f.write(data)

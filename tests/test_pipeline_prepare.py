@@ -248,3 +248,62 @@ def test_import_is_cheap():
     assert res.stdout.split() == ["False", "False"]
     assert set(pipeline.__all__) >= {"load_split", "read_manifest", "iter_train_batches",
                                      "iter_test_windows", "frames_from_row"}
+
+
+def test_a_run_without_any_window_fails_and_keeps_its_errors(ray_session, kth_videos, tmp_path):
+    """Issue 18: a prepare job whose every input is bad exited 0 with an empty dataset. Now it
+    ends with one line naming the count and errors.jsonl, status 1; errors.jsonl and the
+    manifest (0 windows: a loader says the split is empty) stay, and the next run is not a
+    no-op: it prepares again (the same file names may hold fixed videos by then)."""
+    from pipeline.preparation import NoWindowsError
+
+    folder = tmp_path / "clips"
+    bad = write_bad_inputs(str(folder), os.path.join(kth_videos, "person01_walking_d1_uncomp.avi"))
+    for name in ("person03_boxing_d3_uncomp.avi", "person99_boxing_d1_uncomp.avi"):
+        os.remove(folder / name)             # KTH-only faults (frame size, person): fine here
+        del bad[name]
+    out = tmp_path / "out"
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
+    cmd = [sys.executable, os.path.join(repo, "jobs", "prepare_videos.py"), "--input",
+           str(folder), "--output", str(out), "--split", "train", "--img-size", "32",
+           "--short-len", "4", "--out-len", "6"]
+    proc = subprocess.run(cmd, env=env, cwd=str(tmp_path), capture_output=True, text=True)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: no usable window prepared in {out}: 6 of 6 input(s) skipped, reasons in "
+        f"{out}/errors.jsonl")
+    assert len(bad) == 6 and "videos skipped    6" in proc.stdout     # the table is still shown
+    errors = [json.loads(line) for line in open(out / "errors.jsonl")]
+    assert sorted(os.path.basename(e["path"]) for e in errors) == sorted(bad)
+    assert read_manifest(str(out))["rows"] == {"train": 0, "test": 0}
+    with pytest.raises(DataError, match=r"the 'train' split is empty \(0 windows\); see .*errors"):
+        load_split(str(out), "train")
+    # again, with any config: not "already holds this dataset", not "a different config"
+    cfg = ShardConfig(short_len=4, out_len=6, img_size=32, train_stride=3)
+    with pytest.raises(NoWindowsError, match=r"^no usable window prepared in .*: 6 of 6 input"):
+        prepare(FolderSource(str(folder), split="train"), str(out), cfg, verbose=False)
+    assert read_manifest(str(out))["config"]["train_stride"] == 3
+
+
+def test_dataset_files_have_the_mode_open_gives(kth_shards):
+    """Issue 18: manifest.json, errors.jsonl and the shards were 0600 (mkstemp's mode)."""
+    out, _ = kth_shards
+    mask = os.umask(0)
+    os.umask(mask)
+    files = ["manifest.json", "errors.jsonl"] + [s["path"] for s in read_manifest(out)["shards"]]
+    assert {f: os.stat(os.path.join(out, f)).st_mode & 0o777 for f in files} == {
+        f: 0o666 & ~mask for f in files}
+
+
+def test_an_output_that_is_a_file_is_one_error_before_ray(kth_videos, tmp_path):
+    """Was: the shard writes failed inside Ray tasks, a 200-line traceback."""
+    taken = tmp_path / "taken"
+    taken.write_text("mine")
+    for out, where in ((taken, "is an existing file"), (taken / "x", f"is under '{taken}', a file")):
+        with pytest.raises(NotADirectoryError) as e:
+            prepare(KTHSource(kth_videos), str(out), CFG, verbose=False)
+        assert str(e.value) == (f"output '{out}' {where}; the output is a shard folder: name a "
+                                "new or an existing folder")
+    assert taken.read_text() == "mine"

@@ -1,4 +1,8 @@
 """Predict: a real encoded video in, the model's own prediction out as PNGs, a strip and a GIF."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -100,3 +104,27 @@ def test_command_line(checkpoint, video, tmp_path, capsys, load_job):
               "--out-len", "3", "--device", "cpu"])
     assert "24 frames" in capsys.readouterr().out
     assert len(list((tmp_path / "pred").glob("*.png"))) == 3
+
+
+OUT_LEN_ERROR = (
+    "out_len 1000000 is out of range: allowed 1 to 1000 frames. Why a limit: the prediction is "
+    "rolled out one model step per frame (about 0.2 s each for paper-kth on one CPU thread), "
+    "held in memory as (out_len, C, H, W) floats, and written as one PNG, one strip column and "
+    "one GIF frame per frame; 1000 is 25 times the paper's longest horizon (40)")
+
+
+def test_out_len_is_bounded_before_any_work(checkpoint, video, tmp_path):
+    """Issue 18: --out-len 1000000 ran for minutes in silence (a 10^6-step rollout, 65 GB of
+    frames at 128x128); now one line at once, in the job as in the Python API."""
+    path, _, _ = checkpoint
+    out = tmp_path / "out"
+    job = [sys.executable, "jobs/predict.py", "--checkpoint", str(path), "--input", str(video),
+           "--output", str(out), "--device", "cpu"]
+    proc = subprocess.run(job + ["--out-len", "1000000"], capture_output=True, text=True,
+                          timeout=120, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert (proc.returncode, proc.stderr, proc.stdout) == (1, f"error: {OUT_LEN_ERROR}\n", "")
+    with pytest.raises(ValueError, match=r"^out_len 1001 is out of range: allowed 1 to 1000 "):
+        predict(path, video, out, out_len=1001, log=None)
+    with pytest.raises(ValueError, match=r"^out_len 0 is out of range: allowed 1 to 1000 "):
+        predict(path, video, out, out_len=0, log=None)
+    assert not out.exists()

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from ..checkpoint import checkpoint_config, load_for_inference
 from ..plots import plot_similarity, plot_slot_usage
+from .checks import check_device, check_output_folder
 
 REDUCTIONS = ("flatten", "mean")
 
@@ -179,6 +180,9 @@ def analyze_memory(checkpoint, data, output, *, preset=None, max_per_class: int 
         raise ValueError(f"reduce={reduce!r}: allowed {' | '.join(REDUCTIONS)}")
     if max_per_class < 1:
         raise ValueError(f"max_per_class must be >= 1, got {max_per_class}")
+    check_device(device)
+    check_output_folder(output, "similarity.csv and .png, class_similarity.csv, slot_usage.csv "
+                                "and .png, summary.json")
     from pipeline import DatasetFacts, verify_dataset
 
     cfg = checkpoint_config(checkpoint, preset)

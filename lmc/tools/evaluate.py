@@ -42,6 +42,7 @@ from ..metrics import load_lpips
 from ..plots import _fmt, write_curves
 from ..protocols import Protocol, default_protocols, get_protocol
 from ..scoring import score_windows, summarize_scores, test_windows, time_inference
+from .checks import check_device, check_output_folder
 
 
 def check_protocols(cfg: LMCConfig, protocols: Sequence[Protocol]) -> None:
@@ -106,6 +107,9 @@ def evaluate(checkpoint, data, *, protocols: Sequence[str | Protocol] | None = N
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if max_samples is not None and max_samples < 1:
         raise ValueError(f"max_samples must be >= 1 (or None for all), got {max_samples}")
+    check_device(device)
+    if output is not None:
+        check_output_folder(output, "summary.json, curves_<protocol>.csv and .png")
     from pipeline import DatasetFacts, verify_dataset
 
     cfg = checkpoint_config(checkpoint, preset)                       # cheap: no weights yet

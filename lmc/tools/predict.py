@@ -24,6 +24,18 @@ import torch
 
 from ..checkpoint import checkpoint_config, load_for_inference, resolve_device
 from ..plots import _image, save_strip, to_uint8
+from .checks import check_device, check_output_folder
+
+# The longest prediction: time, memory and files grow with every predicted frame (measured: 0.21
+# s per frame for paper-kth on one CPU thread, so 1000 frames take minutes, 10^6 days and 65 GB).
+MAX_OUT_LEN = 1000
+OUT_LEN_LIMIT_WHY = (
+    "the prediction is rolled out one model step per frame (about 0.2 s each for paper-kth on "
+    "one CPU thread), held in memory as (out_len, C, H, W) floats, and written as one PNG, one "
+    f"strip column and one GIF frame per frame; {MAX_OUT_LEN} is 25 times the paper's longest "
+    "horizon (40)")
+OUTPUT_HOLDS = "pred/frame_NNN.png, strip.png, strip.gif"
+
 
 class VideoTooShortError(ValueError):
     """The input has fewer frames than the prediction needs; names the file and the lengths."""
@@ -92,20 +104,33 @@ def to_clip(frames: np.ndarray) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 # the command
 
+def check_out_len(out_len: int | None, what: str = "out_len") -> None:
+    """1 <= out_len <= MAX_OUT_LEN (None: the config's, checked once it is known)."""
+    if out_len is not None and not 1 <= int(out_len) <= MAX_OUT_LEN:
+        raise ValueError(f"{what} {int(out_len)} is out of range: allowed 1 to {MAX_OUT_LEN} "
+                         f"frames. Why a limit: {OUT_LEN_LIMIT_WHY}")
+
+
 def predict(checkpoint, input, output, *, out_len: int | None = None, start: int = 0,
             preset=None, device=None, log=print) -> dict:
-    """Predict ``out_len`` (default: the config's) frames after frames [start, start +
-    short_len) of ``input`` and write the pictures into ``output``.
+    """Predict ``out_len`` (default: the config's; at most ``MAX_OUT_LEN``) frames after
+    frames [start, start + short_len) of ``input`` and write the pictures into the folder
+    ``output``. ``device``: None/"auto", "cpu", "cuda" or "cuda:N". Arguments are checked
+    before anything is read or written.
 
     Returns {"prediction": (out_len, H, W, C) uint8, "input": ..., "ground_truth": ... or None,
     "frames_in_input": int, "files": {...}}.
     """
-    cfg = checkpoint_config(checkpoint, preset)
-    out_len = cfg.out_len if out_len is None else int(out_len)
-    if out_len < 1:
-        raise ValueError(f"out_len must be >= 1, got {out_len}")
+    check_out_len(out_len)
     if start < 0:
         raise ValueError(f"start must be >= 0, got {start}")
+    check_device(device)
+    check_output_folder(output, OUTPUT_HOLDS)
+    cfg = checkpoint_config(checkpoint, preset)
+    if out_len is None:
+        out_len = cfg.out_len
+        check_out_len(out_len, "the checkpoint's config field out_len")
+    out_len = int(out_len)
     frames, total = read_frames(input, img_size=cfg.img_size, channels=cfg.channels,
                                 start=start, count=cfg.short_len + out_len)
     need = start + cfg.short_len
