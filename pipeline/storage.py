@@ -47,6 +47,17 @@ def s3_filesystem() -> pafs.S3FileSystem:
     return pafs.S3FileSystem(**kwargs)
 
 
+def s3_client_kwargs() -> dict:
+    """boto3 client arguments from the same environment as ``s3_filesystem`` (for the few
+    calls pyarrow lacks, e.g. conditional writes)."""
+    kwargs: dict = {"region_name": os.environ.get("AWS_REGION")
+                    or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"}
+    endpoint = next((os.environ[v] for v in _ENDPOINT_VARS if os.environ.get(v)), None)
+    if endpoint:
+        kwargs["endpoint_url"] = endpoint if "://" in endpoint else f"https://{endpoint}"
+    return kwargs
+
+
 def new_temp_file(folder: str, prefix: str = ".tmp-", suffix: str = "") -> tuple[int, str]:
     """(fd open for writing, path) of a new, uniquely named file in ``folder``, made as a plain
     ``open(path, "w")`` makes one: mode 0o666 less the umask (0644 under the usual 022).

@@ -159,34 +159,26 @@ def test_a_lost_node_is_replaced_and_the_run_resumes(cluster, s3, s3_server, vid
     from ray.job_submission import JobStatus, JobSubmissionClient
     client = JobSubmissionClient(cluster.url)
 
-    def registered() -> int:
-        """The latest checkpoint Ray Train has committed (its snapshot in the run folder)."""
-        try:
-            snapshot = read_json(s3, "mn-runs/loss/checkpoint_manager_snapshot.json")
-        except s3.exceptions.NoSuchKey:
-            return 0
-        latest = snapshot.get("latest_checkpoint_result") or {}
-        return latest.get("metrics", {}).get("iteration", 0)
-
-    def uploaded() -> int:
-        """The latest checkpoint whose files are in the run folder: the controller commits
-        it a moment later, possibly after the kill (it polls the workers' reports)."""
+    def committed() -> int:
+        """The newest checkpoint committed to the run folder (its checkpoint.json, written
+        last, is there): what a restart resumes from, with every file verified."""
         found = s3.list_objects_v2(Bucket="lmc", Prefix="mn-runs/loss/").get("Contents", [])
         return max([int(k["Key"].split("checkpoint_")[1][:9]) for k in found
-                    if "/checkpoint_" in k["Key"] and k["Key"].endswith("config.json")],
+                    if "/checkpoint_" in k["Key"] and k["Key"].endswith("/checkpoint.json")],
                    default=0)
 
     deadline = time.time() + 600
-    while registered() < every:
+    while committed() < every:
         assert client.get_job_status(job) not in (JobStatus.FAILED, JobStatus.STOPPED), \
             client.get_job_logs(job)[-3000:]
         assert time.time() < deadline, "no checkpoint within 10 minutes"
         time.sleep(0.5)
     worker_node = next(n for n in cluster.procs if n != next(iter(cluster.procs)))
     killed_at = cluster.kill(worker_node)           # the second node dies mid-run
-    # what a restart can resume from: at least the committed checkpoint, at most one
-    # uploaded by then (or by the surviving rank finishing its step: one interval more)
-    before, upper = registered(), uploaded() + every
+    # what a restart resumes from: the newest committed checkpoint, or one more if rank 0
+    # survived and finished committing the next one after the kill
+    before = committed()
+    upper = before + every
     replacement = cluster.add_node(cpus=1)           # ... and a new machine joins
     while client.get_job_status(job) not in (JobStatus.SUCCEEDED, JobStatus.FAILED,
                                              JobStatus.STOPPED):
@@ -199,9 +191,9 @@ def test_a_lost_node_is_replaced_and_the_run_resumes(cluster, s3, s3_server, vid
     assert m["iterations"] == total
     restart = m["attempts"][-1]
     assert restart["cause"] == "restart after a failure"
-    # it resumes from the latest checkpoint (ones uploaded may commit while the group fails)
+    # it resumes from the newest verified checkpoint, and says so
     assert before <= restart["iteration"] <= upper, (before, upper)
-    assert restart["iteration"] % every == 0
+    assert restart["resumed_from"] == f"checkpoint_{restart['iteration']:09d}"
     nodes = {w["node_id"] for w in restart["workers"]}
     assert replacement in nodes and worker_node not in nodes
     assert [h["iteration"] for h in m["loss_history"]][-1] == total

@@ -338,13 +338,13 @@ def _set_aside_ray_record(run, resume_from: str | None, say) -> None:
     record = read_json(run, RAY_SNAPSHOT)
     if not record:
         return
-    named = ((record.get("latest_checkpoint_result") or {}).get("checkpoint") or {}).get("path")
+    named = (record.get("latest_checkpoint_result") or {}).get("checkpoint_dir_name")
     if not named:
         return
     aside = f"{RAY_SNAPSHOT}.set-aside-{int(time.time())}"
     run.write_bytes(run.read_bytes(RAY_SNAPSHOT), aside)
     run.delete(RAY_SNAPSHOT)
-    say(f"Ray Train's record names {named.rstrip('/').rsplit('/', 1)[-1]}; the run resumes "
+    say(f"Ray Train's record names {named}; the run resumes "
         f"from {resume_from or 'nothing (no checkpoint verifies)'}, the newest checkpoint "
         f"that verifies in storage (record kept as {aside})")
 

@@ -26,7 +26,7 @@ import time
 
 import torch
 
-from ..alignment import MemoryAlignment
+from ..alignment import MemoryAlignment, NonFiniteLossError
 from ..baselines import BASELINES
 from ..checkpoint import load_model, load_train_state, rng_state, save_checkpoint, set_rng_state
 from ..config import LMCConfig
@@ -216,9 +216,7 @@ class Trainer:
                 return self._stop(verdict.stop)
             try:
                 losses = self.step(window)
-            except Exception as e:        # the non-finite guard raises on every rank alike
-                if not deterministic(e):
-                    raise
+            except NonFiniteLossError as e:   # raised on every rank alike (the guard all-reduces)
                 return self._outcome("failed", describe(e))
             done = self.align.iteration
             checkpoint_now = done % self.checkpoint_every == 0 or done == self.cfg.iterations
