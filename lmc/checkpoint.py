@@ -20,7 +20,7 @@ import hashlib
 import json
 import os
 import random
-import tempfile
+import secrets
 from pathlib import Path
 
 import numpy as np
@@ -37,9 +37,9 @@ _CHUNK = 8 << 20
 
 
 def _atomic_save(obj, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())     # mkstemp makes 0600; these are ordinary files
+    # an ordinary file's mode (0o666 less the umask, as open() gives), not mkstemp's 0600
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}"
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
         if path.suffix == ".json":
             Path(tmp).write_text(json.dumps(obj, indent=2, sort_keys=True))
@@ -49,12 +49,6 @@ def _atomic_save(obj, path: Path) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def sha256_stream(read) -> tuple[int, str]:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
@@ -36,7 +35,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pipeline.shards import (FRAMES_LAYOUT, MANIFEST, RECORD, SPLITS, DataError, DatasetFacts)
-from pipeline.storage import Location
+from pipeline.storage import Location, new_temp_file
 
 RECORD_FORMAT = "lmc-verified"
 RECORD_VERSION = 1
@@ -317,7 +316,7 @@ def _save_record(loc: Location, record: dict, previous: str | None) -> str | Non
     path = cache_record_path(loc.uri)
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
+        fd, tmp = new_temp_file(os.path.dirname(path))
         with os.fdopen(fd, "wb") as f:
             f.write(blob)
         os.replace(tmp, path)

@@ -24,12 +24,13 @@ import fcntl
 import json
 import os
 import socket
-import tempfile
 import threading
 import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+
+from pipeline.storage import new_temp_file
 
 LEASE_FILE = "lease.json"
 HEARTBEAT_S = 2.0          # the driver rewrites the lease this often
@@ -124,10 +125,9 @@ class _LocalLeaseFile:
             os.close(fd)
 
     def _put(self, data: bytes) -> None:
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(self.path), prefix=".lease-")
+        fd, tmp = new_temp_file(os.path.dirname(self.path), prefix=".lease-")
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        os.chmod(tmp, 0o644)
         os.replace(tmp, self.path)
 
     def create(self, data: bytes) -> bool:
