@@ -229,6 +229,8 @@ def test_a_sigkilled_driver_leaves_no_worker_writing_and_the_run_resumes(
     late = {n: t - killed_at for n, t in commit_times(run).items() if t > killed_at + FENCE_S}
     assert not late, f"checkpoints committed after the driver's heartbeat stopped: {late}"
     settled = commit_times(run)
+    last = max(settled.values()) - killed_at
+    print(f"\nlast checkpoint committed {last:+.1f} s after the driver's SIGKILL")
     time.sleep(4)
     assert commit_times(run) == settled                # the workers are gone, not writing
     newest = verified(run)[-1]

@@ -286,11 +286,31 @@ def _fit(cfg, settings, plan: Plan, lease, hooks, callbacks, address, verbose) -
         datasets={"train": _train_dataset(settings.data, plan.facts)},
     )
     try:
-        result = trainer.fit()
+        result = _in_thread(trainer.fit)
     except Exception as e:
         raise RuntimeError(f"training run {plan.run_uri} failed: {_worker_error(e)}") from e
     return result.return_value or {"status": "failed",
                                    "message": "the workers returned no outcome"}
+
+
+def _in_thread(fn):
+    """``fn()`` in a thread while the main thread waits, so that this module's SIGINT /
+    SIGTERM handlers stay in force (``TorchTrainer.fit`` replaces the SIGINT handler with one
+    that aborts the run without a checkpoint when it runs in the main thread)."""
+    box = {}
+
+    def target():
+        try:
+            box["result"] = fn()
+        except BaseException as e:       # handed to the caller's thread
+            box["error"] = e
+    t = threading.Thread(target=target, name="lmc-fit", daemon=True)
+    t.start()
+    while t.is_alive():
+        t.join(0.2)                      # signal handlers run between the waits
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
 
 
 @contextlib.contextmanager
