@@ -7,7 +7,7 @@ lost): the next job takes it over with a warning, at once when the holder ran on
 its process is gone. ``force=True`` (``--force-unlock``) takes any lease. The lease also carries the driver's requests to the workers (``stop``: checkpoint at the
 next step and end), and it fences the workers: rank 0 commits a checkpoint only while the lease
 is still its job's and its heartbeat is fresh (``LeaseWatch``), so a killed driver's workers
-commit nothing once its heartbeat has stopped (design.md, "Reliability").
+commit nothing once its heartbeat has stopped (README, "What a run guarantees").
 
 Atomicity: locally every write (create, heartbeat, takeover) checks the lease and renames a
 complete new file over it under an exclusive ``flock`` of a side file, so two takers cannot both
