@@ -139,3 +139,20 @@ def test_config_values_that_are_not_an_object_of_fields(tmp_path, monkeypatch):
                                            "JSON text ('utf-8' codec can't decode byte 0xff")
     assert config_from_args(p.parse_args(["--config", "good.json"])).lr == 0.5
     assert config_from_args(p.parse_args(["--config", '{"lr": 0.25}'])).lr == 0.25
+
+
+@pytest.mark.parametrize("flags, expect", [
+    (["--name", ""], "error: --name '': a run name must be a non-empty folder name (leave the "
+                     "flag out for the default)"),
+    (["--cpus-per-worker", "inf"], "error: run setting 'cpus_per_worker' = inf is invalid; "
+                                   "allowed: a finite number > 0"),
+])
+def test_training_flags_that_cannot_name_a_run_are_one_line(tmp_path, load_job, flags, expect):
+    """Was: `--name ''` silently became the default name; `inf` CPUs an OverflowError retried
+    --max-failures times."""
+    module = load_job("train_mmnist")
+    import _job
+    with pytest.raises(SystemExit) as e:
+        _job.run(module.main, ["--storage", str(tmp_path / "runs"), *flags])
+    assert e.value.code == expect
+    assert not (tmp_path / "runs").exists()
