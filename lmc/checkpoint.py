@@ -36,19 +36,26 @@ MANIFEST_FORMAT = "lmc-checkpoint"
 _CHUNK = 8 << 20
 
 
-def _atomic_save(obj, path: Path) -> None:
-    # an ordinary file's mode (0o666 less the umask, as open() gives), not mkstemp's 0600
+def atomic_write(path, write) -> None:
+    """``write(tmp)`` fills a temporary file beside ``path``, which is then renamed over it:
+    a reader never sees half a file. The file gets an ordinary file's mode (0o666 less the
+    umask, as open() gives), not mkstemp's 0600."""
+    path = Path(path)
     tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}"
     os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
-        if path.suffix == ".json":
-            Path(tmp).write_text(json.dumps(obj, indent=2, sort_keys=True))
-        else:
-            torch.save(obj, tmp)
+        write(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _atomic_save(obj, path: Path) -> None:
+    if path.suffix == ".json":
+        atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2, sort_keys=True)))
+    else:
+        atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def sha256_stream(read) -> tuple[int, str]:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import pyarrow.fs as pafs
 
-from ..checkpoint import MANIFEST_FILE, parse_manifest, verify_files
+from ..checkpoint import MANIFEST_FILE, atomic_write, parse_manifest, verify_files
 from ..reference import CheckpointError
 
 CHECKPOINT_PREFIX = "checkpoint_"
@@ -170,15 +170,9 @@ class RunCheckpoints:
 
     def _upload(self, local: str, *parts: str) -> None:
         target = self.run.path(*parts)
-        if self.run.is_local:                     # a temp name, then rename: no half file
+        if self.run.is_local:
             os.makedirs(os.path.dirname(target), exist_ok=True)
-            tmp = os.path.join(os.path.dirname(target), f".tmp-{os.path.basename(target)}")
-            try:
-                shutil.copyfile(local, tmp)
-                os.replace(tmp, target)
-            finally:
-                if os.path.exists(tmp):
-                    os.remove(tmp)
+            atomic_write(target, lambda tmp: shutil.copyfile(local, tmp))
         else:
             with open(local, "rb") as src, self.run.fs.open_output_stream(target) as dst:
                 shutil.copyfileobj(src, dst, 8 << 20)
