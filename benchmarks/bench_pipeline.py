@@ -1,4 +1,4 @@
-"""Data pipeline throughput on CPU (DESIGN §7): decode, shards, loader.
+"""Data pipeline throughput on CPU (docs/design.md §7): decode, shards, loader.
 
     python benchmarks/bench_pipeline.py                 # 36 KTH-like videos x 500 frames, 2 workers
 

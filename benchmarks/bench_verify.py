@@ -1,4 +1,4 @@
-"""What checking shards against their manifest costs a job (`pipeline.verify_dataset`, DESIGN §8).
+"""What checking shards against their manifest costs a job (`pipeline.verify_dataset`, docs/design.md §5).
 
     python benchmarks/bench_verify.py                          # 16 shards x 48 windows, 128x128x20
     python benchmarks/bench_verify.py --shards 512 --rows 2    # many small files: per-file cost

@@ -7,8 +7,8 @@ workers at the same global batch; the curves overlaid, with the baselines.
 
 The plain loop reads the train split with pyarrow (`pipeline.iter_test_windows(split="train")`),
 draws each batch uniformly from all windows with its own RNG and the long-clip offset r as
-DESIGN §4 says, and calls `lmc.MemoryAlignment.step`: Algorithm 1 with nothing around it. The
-Ray runs go through `lmc.train.train` (Ray Data shards, DDP, checkpoints). Batches differ
+docs/design.md §4 says, and calls `lmc.MemoryAlignment.step`: Algorithm 1 with nothing around
+it. The Ray runs go through `lmc.train.train` (Ray Data shards, DDP, checkpoints). Batches differ
 between the three (different samplers), so curves are compared as curves: the validation MSE at
 each validation point, and the training loss smoothed over `--smooth` iterations.
 Writes parity.json, parity.csv and parity.png into --output.
@@ -48,7 +48,7 @@ def plain_loop(cfg, data: str, *, eval_every: int, eval_windows: int, threads: i
     t0 = time.perf_counter()
     for it in range(1, cfg.iterations + 1):
         idx = torch.from_numpy(rng.choice(len(train), cfg.batch_size, replace=False))
-        r = int(rng.integers(0, cfg.window_len - cfg.long_len + 1))      # DESIGN §4
+        r = int(rng.integers(0, cfg.window_len - cfg.long_len + 1))      # docs/design.md §4
         losses.append({"iteration": it, **align.step(train[idx], long_start=r)})
         if it % eval_every == 0 or it == cfg.iterations:
             windows = test_windows(data, short_len=protocol.short_len, out_len=protocol.out_len,

@@ -1,5 +1,5 @@
 """Evaluate a checkpoint on test shards: MSE, MAE, PSNR, SSIM, LPIPS, per-timestep curves and
-inference time per sequence (DESIGN §6).
+inference time per sequence (docs/design.md §6).
 
     python jobs/evaluate.py --checkpoint runs/kth/checkpoint --data shards/kth --protocol 10-40
     python jobs/evaluate.py --checkpoint kth_model.pt --preset paper-kth --data shards/kth

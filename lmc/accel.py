@@ -4,7 +4,7 @@
   work here, or None; the run planner asks it before any Ray work (``--compile``).
 - ``GraphedRollout``: phase-2 inference (short clip in, ``out_len`` frames out) captured as one
   CUDA graph for a fixed batch and horizon, then replayed: one launch instead of thousands of
-  small kernels (the rollout is launch-bound on GPUs at small batch, DESIGN §7). On a CPU, or
+  small kernels (the rollout is launch-bound on GPUs at small batch, docs/design.md §7). On a CPU, or
   for a model not on a GPU, it runs the eager model and gives exactly its result.
 
 Training is not graph-captured: its two phases update different parameter sets, DDP's all-reduce

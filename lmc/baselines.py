@@ -1,4 +1,4 @@
-"""Trivial predictors that every score is reported beside (DESIGN §6).
+"""Trivial predictors that every score is reported beside (docs/design.md §6).
 
 A video predictor has learned something only when it beats these under the same protocol and
 the same metric code:

@@ -1,4 +1,4 @@
-"""Video-prediction metrics with the paper's conventions made exact (DESIGN §6).
+"""Video-prediction metrics with the paper's conventions made exact (docs/design.md §6).
 
 References:
   - Lee et al., "Video Prediction Recalling Long-term Motion Context via Memory Alignment
@@ -165,7 +165,7 @@ def ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def frame_metrics(pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per-sample, per-future-frame metrics (DESIGN §6).
+    """Per-sample, per-future-frame metrics (docs/design.md §6).
 
     Args:
         pred:   (N, T, C, H, W) float; clamped to [0, 1] first (as the paper's evaluation does).

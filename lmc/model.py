@@ -2,7 +2,7 @@
 Long-term Motion Context via Memory Alignment Learning").
 
 Paper §3.1 (prediction path P, Fig. 1) and §3.2 (LMC-Memory, Eq. 1-2). Layer shapes follow
-the authors' reference implementation (DESIGN §3); at ``width=1.0`` with 1 channel the model
+the authors' reference implementation (docs/design.md §3); at ``width=1.0`` with 1 channel the model
 has exactly the reference's 33,911,825 parameters, and ``from_reference_checkpoint`` loads its
 published weights. Plain PyTorch: no Ray here.
 

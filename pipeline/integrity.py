@@ -1,4 +1,4 @@
-"""Checked data: the shard files a job reads are the ones the manifest lists (DESIGN §8).
+"""Checked data: the shard files a job reads are the ones the manifest lists (docs/design.md §5).
 
     report = pipeline.verify_dataset("data/kth-shards", ("train", "test"))
     print(report)   # verified 12 shard files (3.1 MB hashed in 0.02 s; 0 from the record)

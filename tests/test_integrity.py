@@ -1,4 +1,4 @@
-"""Checked data (DESIGN §8): shard files are verified against the manifest before a job reads
+"""Checked data (docs/design.md §5): shard files are verified against the manifest before a job reads
 them (size, sha256 once per file change, the rows' shape against the manifest's config), and the
 loaders refuse rows the manifest does not describe. Real shards (conftest's session datasets),
 copied before tampering."""

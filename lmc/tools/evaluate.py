@@ -4,7 +4,7 @@
     report = evaluate("runs/kth/checkpoint", "shards/kth", protocols=["10-20", "10-40"],
                       output="eval/kth")
 
-What it does, in order (DESIGN §6):
+What it does, in order (docs/design.md §6):
   1. loads the model (a checkpoint folder of this project, or a reference ``.pt`` file with a
      preset) and the test shards' facts (``pipeline.DatasetFacts``), and checks they match:
      channels, image size, and windows long enough for every protocol. A mismatch is a

@@ -6,7 +6,7 @@ and calls ``fit``, which reads top to bottom:
     while not done:  step  ->  (every eval_every) validate  ->  (every checkpoint_every) report
     finish: test evaluation under the protocol, metrics.json, curves and the prediction strip
 
-A step is ``MemoryAlignment.step`` (phase 1 then phase 2, DESIGN §4) on the worker's batch;
+A step is ``MemoryAlignment.step`` (phase 1 then phase 2, docs/design.md §4) on the worker's batch;
 DDP averages the gradients. Before each step every rank agrees (``control.Control``) to go on,
 to stop (the driver was asked to: checkpoint now and end), or to end on a rank's deterministic
 error. Rank 0 validates and commits checkpoints (model, optimizer, iteration, RNG states,
