@@ -1,5 +1,6 @@
 """Scoring predictions: the model and the baselines on the same windows with the same metric
-code, summaries with a verdict, the flat names training reports, and batch-1 inference timing.
+code, summaries with a per-metric verdict, the flat names training reports, and batch-1
+inference timing.
 
 Used by training's validation (``lmc.train``), ``lmc.tools.evaluate`` and the experiments.
 Plain PyTorch; reads test windows through ``pipeline.iter_test_windows`` (pyarrow, no Ray).
@@ -83,7 +84,8 @@ def score_windows(model: torch.nn.Module, windows: Iterable[torch.Tensor],
 
 def summarize_scores(scores: dict[str, dict[str, MetricAccumulator]]) -> dict:
     """{"protocols": {name: model summary}, "baselines": {name: {baseline: summary}},
-    "verdict": {name: one line saying whether the model beats each baseline}}."""
+    "verdict": {name: {baseline: {"beats", "loses", "ties": [metric], "line": str}}}}: the model
+    against each baseline metric by metric (``lmc.baselines.verdict``)."""
     model = {name: acc.summary() for name, acc in scores["model"].items()}
     base = {name: {who: accs[name].summary() for who, accs in scores.items() if who != "model"}
             for name in model}

@@ -21,7 +21,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _scores(model, windows, protocol) -> dict:
-    """{"model": means, "baselines": {name: means}, "verdict": line} on a (N, T, C, H, W) batch."""
+    """{"model": means, "baselines": {name: means}, "verdict": {name: {"beats", "loses", "ties",
+    "line"}}} on a (N, T, C, H, W) batch."""
     from lmc.scoring import score_windows, summarize_scores
 
     s = summarize_scores(score_windows(model, windows.split(16), [protocol]))

@@ -11,7 +11,7 @@ import lmc
 from lmc.checkpoint import save_checkpoint
 from lmc.protocols import get_protocol, last_n_protocol
 from lmc.scoring import time_inference
-from lmc.tools.evaluate import evaluate
+from lmc.tools.evaluate import evaluate, format_report
 from pipeline import DataError
 
 SMALL = dict(img_size=32, short_len=10, long_len=12, out_len=4, width=0.0625, memory_slots=8,
@@ -192,14 +192,22 @@ def test_baselines_are_scored_on_the_same_windows_with_the_same_metric_code(shar
     # the all-zero frame's MSE is the targets' energy; copy-last differs from it
     assert base["zeros"]["mean"]["mse"] == pytest.approx(
         target.square().sum(dim=(2, 3, 4)).mean().item(), rel=1e-6)
-    # one verdict line per protocol, consistent with the numbers
-    model_mse = report["protocols"]["10-6"]["mean"]["mse"]
-    line = report["verdict"]["10-6"]
-    for name, label in (("copy_last", "copy last input frame"), ("zeros", "all-zero frame")):
-        word = "BEATS" if model_mse < base[name]["mean"]["mse"] else "does NOT beat"
-        assert f"{word} {label}" in line
+    # the verdict per protocol and baseline, metric by metric, consistent with the numbers
+    model_mean = report["protocols"]["10-6"]["mean"]
+    judged = report["verdict"]["10-6"]
+    assert set(judged) == {"copy_last", "zeros"}
+    for name, label in (("copy_last", "copy-last"), ("zeros", "all-zero")):
+        v = judged[name]
+        assert sorted(v["beats"] + v["loses"] + v["ties"]) == sorted(model_mean)   # each once
+        for m in v["beats"]:
+            assert (model_mean[m] < base[name]["mean"][m]) == (m in ("mse", "mae", "lpips")), m
+        for m in v["loses"]:
+            assert (model_mean[m] > base[name]["mean"][m]) == (m in ("mse", "mae", "lpips")), m
+        assert v["line"].startswith(f"vs {label}: ")
+        assert format_report(report).count(f"10-6 {v['line']}") == 1
     # summary.json carries them; the CSV has one column per baseline and metric
     saved = json.loads((tmp_path / "summary.json").read_text())
+    assert saved["verdict"] == {"10-6": judged}
     assert saved["baselines"] == json.loads(json.dumps(report["baselines"]))
     rows = list(csv.DictReader(open(tmp_path / "curves_10-6.csv")))
     assert [float(r["copy_last_mse"]) for r in rows] == pytest.approx(

@@ -17,6 +17,7 @@ import torch
 
 import lmc
 from lmc.alignment import NonFiniteLossError
+from lmc.baselines import verdict
 from lmc.reference import CheckpointError
 from lmc.train import DataError, RunSettings, StorageError, train, validate
 from lmc.train.hooks import CrashAt, NaNInputAt, TraceParameters
@@ -92,7 +93,10 @@ def test_ddp_replicas_identical_memory_frozen_and_run_outputs(shards, tmp_path):
         target.square().sum(dim=(2, 3, 4)).mean().item(), rel=1e-6)
     copy = lmc.frame_metrics(windows[:, SHORT - 1:SHORT].expand_as(target), target)["mse"]
     assert m["baselines"]["copy_last"]["mean"]["mse"] == pytest.approx(copy.mean().item(), rel=1e-6)
-    assert "copy last input frame" in m["verdict"] and "all-zero frame" in m["verdict"]
+    assert m["verdict"] == verdict(m["test"]["mean"],
+                                   {b: r["mean"] for b, r in m["baselines"].items()})
+    assert m["verdict"]["copy_last"]["line"].startswith("vs copy-last: ")
+    assert m["verdict"]["zeros"]["line"].startswith("vs all-zero: ")
     for v in m["validation_history"]:
         assert {"val_mse", "val_copy_last_mse", "val_zeros_mse", "val_copy_last_psnr"} <= set(v)
     rows = (run / "learning_curves.csv").read_text().splitlines()

@@ -21,7 +21,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..baselines import BASELINES
+from ..baselines import BASELINES, verdict, verdict_line
 from ..checkpoint import CONFIG_FILE, MODEL_FILE
 from ..config import LMCConfig
 from ..model import LMCModel
@@ -62,9 +62,9 @@ def run_ablation(cfg: LMCConfig, *, data: str, storage: str, name: str = "ablati
     design and seed (``seeds``: runs ``<name>-<design>-s<seed>``, config field ``seed``), evaluate
     the final checkpoints on the last ``last`` future frames, and return one row per run:
     {"design", "query", "seed", "label", "run", "protocol", "mean": {metric: value}, "lpips",
-     "baselines", "verdict", "inference_s", "parameters"}. ``run_settings``: extra
-    ``RunSettings`` fields (num_workers, checkpoint_every, ...). Finished runs are resumed, i.e.
-    not trained again."""
+     "baselines", "verdict" (per baseline, metric by metric), "inference_s", "parameters"}.
+    ``run_settings``: extra ``RunSettings`` fields (num_workers, checkpoint_every, ...). Finished
+    runs are resumed, i.e. not trained again."""
     from pipeline import DatasetFacts
 
     from ..train import RunSettings, train, validate
@@ -96,18 +96,21 @@ def run_ablation(cfg: LMCConfig, *, data: str, storage: str, name: str = "ablati
         timing = next(iter(rep["inference_time"].values()), None)
         rows.append(table_row(configs[d, seed], metrics["run"], protocol.name,
                               rep["protocols"][protocol.name], rep["baselines"][protocol.name],
-                              rep["verdict"][protocol.name], rep["lpips"], timing))
+                              rep["lpips"], timing))
     return rows
 
 
 def table_row(cfg: LMCConfig, run: str, protocol: str, scores: dict, baselines: dict,
-              verdict: str, lpips: str, timing: dict | None = None) -> dict:
+              lpips: str, timing: dict | None = None) -> dict:
     """One run's row of the table: ``scores`` and each of ``baselines`` are a protocol's summary
-    ({"num_samples", "mean"}), ``timing`` the batch-1 inference time (None: not timed)."""
+    ({"num_samples", "mean"}), ``timing`` the batch-1 inference time (None: not timed). Its
+    "verdict" is ``lmc.baselines.verdict`` of those means: {baseline: {"beats", "loses", "ties",
+    "line"}}."""
+    base = {b: v["mean"] for b, v in baselines.items()}
     return {"design": cfg.query, "query": cfg.query, "seed": cfg.seed, "label": DESIGNS[cfg.query],
             "run": run, "protocol": protocol, "num_samples": scores["num_samples"],
             "mean": scores["mean"], "lpips": lpips,
-            "baselines": {b: v["mean"] for b, v in baselines.items()}, "verdict": verdict,
+            "baselines": base, "verdict": verdict(scores["mean"], base),
             "inference_s": timing["median_s"] if timing else None,
             "inference_protocol": timing["protocol"] if timing else None,
             "parameters": LMCModel(cfg).num_parameters()}
@@ -153,10 +156,10 @@ def format_table(rows: list[dict]) -> str:
         lines.append(line(rs[0]["label"], [r["mean"] for r in rs], [r["inference_s"] for r in rs]))
     for b, m in r0.get("baselines", {}).items():   # same windows and protocol for every run
         lines.append(line(f"baseline: {BASELINES[b]}", [m], [None]))
-    for r in rows:
-        if r.get("verdict"):
+    for r in rows:    # the verdict of each run, judged again from its means (rows of any age)
+        if r.get("baselines"):
             lines.append(f"{r['design']}" + (f" seed {r['seed']}" if spread else "")
-                         + f": {r['verdict']}")
+                         + f": {verdict_line(verdict(r['mean'], r['baselines']))}")
     if any("lpips" not in r["mean"] for r in rows):
         lines.append(f"LPIPS {rows[0]['lpips']}")
     return "\n".join(lines)

@@ -40,7 +40,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import Sequence
 
-from ..baselines import BASELINES
+from ..baselines import BASELINES, JUDGED_METRICS, beats_every_baseline, verdict, verdict_line
 from ..config import ConfigError, LMCConfig
 from ..plots import plot_sweep
 
@@ -289,6 +289,15 @@ def _seeded_search(seed: int, max_concurrent_trials: int):
     return BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent_trials)
 
 
+def validation_verdict(metrics: dict) -> dict:
+    """``lmc.baselines.verdict`` on every metric of a validation report's flat names
+    (``val_mse``, ``val_copy_last_mse``, ...): {baseline: {"beats", "loses", "ties", "line"}}."""
+    def means(prefix: str) -> dict:
+        return {m: float(metrics[k]) for m in JUDGED_METRICS if (k := prefix + m) in metrics}
+
+    return verdict(means("val_"), {b: v for b in BASELINES if (v := means(f"val_{b}_"))})
+
+
 def trial_rows(grid, metric: str, mode: str, iterations: int) -> list[dict]:
     """One row per trial that reported ``metric``, best first (by its last reported value)."""
     rows = []
@@ -301,12 +310,11 @@ def trial_rows(grid, metric: str, mode: str, iterations: int) -> list[dict]:
         # the baselines on the same validation windows (they differ when lengths are swept)
         base = {b: float(r.metrics[key]) for b in BASELINES
                 if (key := metric.replace("val_", f"val_{b}_", 1)) in r.metrics}
-        better = (lambda a, b: a < b) if mode == "min" else (lambda a, b: a > b)
+        judged = validation_verdict(r.metrics)
         rows.append({"trial_id": r.metrics.get("trial_id", ""), "combo": dict(r.config["combo"]),
                      "lr": float(r.config["lr"]), "metric": float(r.metrics[metric]),
-                     "baselines": base,
-                     "beats_baselines": all(better(float(r.metrics[metric]), v)
-                                            for v in base.values()) if base else None,
+                     "baselines": base, "verdict": judged,
+                     "beats_baselines": beats_every_baseline(judged) if judged else None,
                      "best_seen": (min if mode == "min" else max)(history) if history else None,
                      "iteration": it, "reports": len(history),
                      "stopped_early": it < iterations and r.error is None,
@@ -317,7 +325,8 @@ def trial_rows(grid, metric: str, mode: str, iterations: int) -> list[dict]:
 
 def format_results(rows: list[dict], metric: str) -> str:
     """The sorted trials with the baselines' value of the same metric on the same validation
-    windows (copy-last-frame, all-zero frame) and whether the trial beats both."""
+    windows (copy-last-frame, all-zero frame), whether the trial beats both on every metric
+    ("beats"), then each trial's verdict, metric by metric (``lmc.baselines.verdict``)."""
     head = (f"{'trial':<14}{'slots':>6}{'short':>6}{'long':>6}{'lr':>10}{metric:>12}"
             f"{'copy_last':>11}{'zeros':>11}{'beats':>7}{'iteration':>10}  status")
     lines = [head]
@@ -334,19 +343,24 @@ def format_results(rows: list[dict], metric: str) -> str:
                      f"{c['long_len']:>6}{r['lr']:>10.3g}{r['metric']:>12.6g}"
                      f"{cell(base.get('copy_last'), 11)}{cell(base.get('zeros'), 11)}{beats:>7}"
                      f"{r['iteration']:>10}  {status}")
+    judged = [r for r in rows if r.get("verdict")]
+    if judged:
+        lines.append("verdict on the last validation windows:")
+        lines += [f"{r['trial_id']}: {verdict_line(r['verdict'])}" for r in judged]
     return "\n".join(lines)
 
 
 def write_results_csv(rows: list[dict], metric: str, path) -> None:
     lines = [f"rank,trial_id,memory_slots,short_len,long_len,lr,{metric},best_seen,"
-             f"copy_last_{metric},zeros_{metric},beats_baselines,iteration,stopped_early"]
+             f"copy_last_{metric},zeros_{metric},beats_baselines,iteration,stopped_early,verdict"]
     for i, r in enumerate(rows, 1):
         c = r["combo"]
         base = r.get("baselines", {})
         cells = ["" if base.get(b) is None else f"{base[b]:.6g}" for b in ("copy_last", "zeros")]
         lines.append(f"{i},{r['trial_id']},{c['memory_slots']},{c['short_len']},{c['long_len']},"
                      f"{r['lr']:.6g},{r['metric']:.6g},{r['best_seen']:.6g},{','.join(cells)},"
-                     f"{r.get('beats_baselines')},{r['iteration']},{r['stopped_early']}")
+                     f"{r.get('beats_baselines')},{r['iteration']},{r['stopped_early']},"
+                     f"\"{verdict_line(r.get('verdict') or {})}\"")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
 

@@ -19,8 +19,8 @@ What it does, in order (docs/design.md §6):
   3. times inference the way the paper's Table 4 does: one sequence (batch 1), after warm-up
      runs, for each horizon (10->30, 10->40, ...), median and mean seconds per sequence;
   4. scores the baselines (copy-last-frame, all-zero frame; ``lmc.baselines``) on the same
-     windows with the same metric code, and says in one line per protocol whether the model
-     beats each;
+     windows with the same metric code, and judges the model against each metric by metric
+     (``lmc.baselines.verdict``: "vs copy-last: beats on MSE; loses on PSNR, SSIM");
   5. writes ``summary.json``, and per protocol ``curves_<protocol>.csv`` and ``.png`` (the
      baselines drawn on the model's axes; ``lmc.plots``).
 
@@ -36,6 +36,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from ..baselines import verdict
 from ..checkpoint import checkpoint_config, load_for_inference, resolve_device
 from ..config import LMCConfig
 from ..metrics import load_lpips
@@ -56,7 +57,8 @@ def check_protocols(cfg: LMCConfig, protocols: Sequence[Protocol]) -> None:
 
 def format_report(report: dict) -> str:
     """A plain-text table: one row per protocol (and per baseline under it), the paper's
-    metrics, the verdict line, then the timings."""
+    metrics, the verdict (per baseline, metric by metric: ``lmc.baselines.verdict``), then the
+    timings."""
     cols = ("mse", "mae", "psnr", "ssim", "lpips")
     lines = [f"{'protocol':<14}{'samples':>8}" + "".join(f"{c.upper():>11}" for c in cols)]
 
@@ -71,8 +73,10 @@ def format_report(report: dict) -> str:
         lines.append(row(name, rep))
         for b, brep in report.get("baselines", {}).get(name, {}).items():
             lines.append(row(f"  {b}", brep))
-    for name, line in report.get("verdict", {}).items():
-        lines.append(f"{name}: {line}")
+    for name, rep in report["protocols"].items():    # the verdict, one line per baseline
+        base = report.get("baselines", {}).get(name, {})
+        for v in verdict(rep["mean"], {b: brep["mean"] for b, brep in base.items()}).values():
+            lines.append(f"{name} {v['line']}")
     if report.get("lpips", "").startswith("unavailable"):
         lines.append(f"LPIPS {report['lpips']}")
     for t in report.get("inference_time", {}).values():
@@ -100,7 +104,8 @@ def evaluate(checkpoint, data, *, protocols: Sequence[str | Protocol] | None = N
     that its windows hold (``default_protocols``). Returns the report (also written to
     ``output/summary.json`` with the curves when ``output`` is given):
     {"checkpoint", "data", "config", "lpips", "protocols": {name: MetricAccumulator.summary()},
-     "baselines": {name: {"copy_last": summary, "zeros": summary}}, "verdict": {name: line},
+     "baselines": {name: {"copy_last": summary, "zeros": summary}},
+     "verdict": {name: {baseline: {"beats", "loses", "ties": [metric], "line"}}},
      "inference_time": {"S->K": time_inference(...)}}.
     """
     if batch_size < 1:

@@ -484,6 +484,8 @@ def _print_summary(m: dict) -> None:
         print(f"test ({t['protocol']}, {t['num_samples']} windows): {means}")
         for b, rep in m.get("baselines", {}).items():
             print(f"  baseline {b}: " + ", ".join(f"{k} {v:.4g}" for k, v in rep["mean"].items()))
-        if m.get("verdict"):
-            print(f"verdict: {m['verdict']}")
+        from ..baselines import verdict   # per baseline, metric by metric (as in metrics.json)
+        base = {b: rep["mean"] for b, rep in m.get("baselines", {}).items()}
+        for v in verdict(t["mean"], base).values():
+            print(f"verdict {v['line']}")
     print(f"run folder: {m['run']}")

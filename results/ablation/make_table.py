@@ -33,7 +33,7 @@ def rows(runs: str, name: str, seeds) -> list[dict]:
             lpips = ("available" if "lpips" in m["test"]["mean"]
                      else "unavailable (no AlexNet weights on this machine)")
             out.append({**table_row(LMCConfig.from_dict(m["config"]), m["run"], m["protocol"],
-                                    m["test"], m["baselines"], m["verdict"], lpips),
+                                    m["test"], m["baselines"], lpips),
                         "iterations": m["iterations"],
                         "inference_protocol": "not timed (results/ablation/make_table.py)"})
     return out
