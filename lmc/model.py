@@ -293,10 +293,15 @@ class LMCModel(nn.Module):
         """The 2D conv weights in NHWC (channels_last), so that the frames' activations follow:
         oneDNN's forward convs run ~15% faster in it on CPU, and it is the layout of cuDNN's
         tensor-core kernels. The C3D's 5-D weights stay: channels_last_3d was no faster there.
-        (``Module.to(memory_format=...)`` refuses a model with 5-D weights.)"""
+        (``Module.to(memory_format=...)`` refuses a model with 5-D weights.) The NHWC strides
+        are set explicitly: for a weight with one channel (the last ConvTranspose of a
+        grayscale decoder) ``contiguous(memory_format=channels_last)`` keeps NCHW strides,
+        while its gradient comes back NHWC, which DDP's gradient buckets flag on every run."""
         for p in self.parameters():
             if p.dim() == 4:
-                p.data = p.data.contiguous(memory_format=torch.channels_last)
+                o, i, h, w = p.shape
+                p.data = torch.empty_strided(p.shape, (i * h * w, 1, w * i, i), dtype=p.dtype,
+                                             device=p.device).copy_(p.data)
         return self
 
     def _decode(self, h_top, c_top, f_mem):

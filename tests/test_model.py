@@ -297,3 +297,17 @@ def test_bad_model_input_is_a_clear_error():
         model(torch.rand(9, 1, 32, 32))
     with pytest.raises(ValueError, match="'long' has 5 frames; this model needs >= 9"):
         model(torch.rand(1, 9, 1, 32, 32), long=torch.rand(1, 5, 1, 32, 32))
+
+
+def test_channels_last_weights_get_gradients_of_their_own_layout():
+    """DDP builds its gradient buckets with each parameter's strides and warns on every run
+    when a gradient comes back in another layout (the grayscale decoder's 1-channel
+    ConvTranspose did: NCHW weight, NHWC gradient)."""
+    model = lmc.LMCModel(small_cfg()).to_channels_last()
+    cfg = model.cfg
+    x = torch.rand(2, cfg.short_len + cfg.out_len, cfg.channels, cfg.img_size, cfg.img_size)
+    model(x[:, :cfg.short_len], long=x[:, :cfg.long_len], out_len=cfg.out_len).square().mean().backward()
+    four_d = [(n, p) for n, p in model.named_parameters() if p.dim() == 4 and p.grad is not None]
+    assert any(p.shape[1] == 1 for _, p in four_d)          # the case that used to differ
+    assert [(n, p.stride(), p.grad.stride()) for n, p in four_d
+            if p.grad.stride() != p.stride()] == []

@@ -38,6 +38,7 @@ from ..protocols import Protocol, protocol_for
 from ..reference import CheckpointError, load_matching
 from .checkpoints import RunCheckpoints
 from .lease import RunLease
+from .progress import Console
 from .run import METRICS_FILE, RunSettings, StorageError, read_json, s3_env, storage_location
 
 
@@ -256,25 +257,29 @@ def _fit(cfg, settings, plan: Plan, lease, hooks, callbacks, address, verbose) -
     import ray
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
+    from ray.util.queue import Queue
 
     from pipeline.cluster import connect
 
     from .trainer import train_loop_per_worker
 
     connect(address, configure_logging=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    data_context = ray.data.DataContext.get_current()
+    data_context.enable_progress_bars = False
+    data_context.print_on_execution_start = False    # not a "Starting execution" per epoch
     nodes = _alive_nodes()
     per_worker = worker_resources(settings, nodes, log=print if verbose else None)
     check_placement(settings, per_worker, nodes, autoscaling=_has_autoscaler,
                     log=print if verbose else None)
     storage = storage_location(settings.storage)
+    progress = Queue(maxsize=256, actor_options={"num_cpus": 0}) if verbose else None
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"model": cfg, "settings": settings, "protocol": plan.protocol,
                            "run_uri": plan.run_uri, "hooks": list(hooks),
                            "submission": uuid.uuid4().hex, "s3_env": s3_env(settings),
                            "lease_owner": lease.holder.owner, "changes": plan.changes,
-                           "data_fingerprint": plan.data_fingerprint},
+                           "data_fingerprint": plan.data_fingerprint, "progress": progress},
         scaling_config=ScalingConfig(
             num_workers=settings.num_workers, use_gpu=settings.use_gpu,
             resources_per_worker=per_worker, placement_strategy=settings.placement_strategy),
@@ -285,18 +290,28 @@ def _fit(cfg, settings, plan: Plan, lease, hooks, callbacks, address, verbose) -
             callbacks=callbacks),
         datasets={"train": _train_dataset(settings.data, plan.facts)},
     )
+    console = Console() if verbose else None
+
+    def show_progress():
+        while progress is not None and not progress.empty():
+            console.show(progress.get_nowait())
     try:
-        result = _in_thread(trainer.fit)
+        result = _in_thread(trainer.fit, show_progress)
+        show_progress()
     except Exception as e:
         raise RuntimeError(f"training run {plan.run_uri} failed: {_worker_error(e)}") from e
+    finally:
+        if console:
+            console.close()
     return result.return_value or {"status": "failed",
                                    "message": "the workers returned no outcome"}
 
 
-def _in_thread(fn):
-    """``fn()`` in a thread while the main thread waits, so that this module's SIGINT /
-    SIGTERM handlers stay in force (``TorchTrainer.fit`` replaces the SIGINT handler with one
-    that aborts the run without a checkpoint when it runs in the main thread)."""
+def _in_thread(fn, every=lambda: None):
+    """``fn()`` in a thread while the main thread waits (calling ``every()`` between waits),
+    so that this module's SIGINT / SIGTERM handlers stay in force (``TorchTrainer.fit``
+    replaces the SIGINT handler with one that aborts the run without a checkpoint when it runs
+    in the main thread)."""
     box = {}
 
     def target():
@@ -308,6 +323,10 @@ def _in_thread(fn):
     t.start()
     while t.is_alive():
         t.join(0.2)                      # signal handlers run between the waits
+        try:
+            every()
+        except Exception:                # progress is optional; the run is not
+            pass
     if "error" in box:
         raise box["error"]
     return box["result"]

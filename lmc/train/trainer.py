@@ -38,6 +38,7 @@ from ..scoring import score_windows, summarize_scores, test_windows, validation_
 from .checkpoints import RunCheckpoints, checkpoint_name
 from .control import Control, describe, deterministic
 from .lease import LeaseWatch
+from .progress import Pace, validation_record
 from .run import METRICS_FILE, STRIP_NAME, RunSettings, storage_location
 from .tensorboard import TensorBoard
 
@@ -52,7 +53,8 @@ def train_loop_per_worker(config: dict) -> dict:
         trainer = Trainer(config["model"], config["settings"], config["protocol"],
                           config["run_uri"], config["hooks"], config["submission"],
                           lease_owner=config.get("lease_owner"), changes=config.get("changes"),
-                          data_fingerprint=config.get("data_fingerprint"))
+                          data_fingerprint=config.get("data_fingerprint"),
+                          progress=config.get("progress"))
     except Exception as e:
         if not deterministic(e):
             raise                            # Ray Train restarts the worker group
@@ -63,7 +65,8 @@ def train_loop_per_worker(config: dict) -> dict:
 class Trainer:
     def __init__(self, cfg: LMCConfig, settings: RunSettings, protocol: Protocol, run_uri: str,
                  hooks=(), submission: str = "", lease_owner: str | None = None,
-                 changes: dict | None = None, data_fingerprint: str | None = None):
+                 changes: dict | None = None, data_fingerprint: str | None = None,
+                 progress=None):
         import ray.train
         import ray.train.torch
 
@@ -86,6 +89,9 @@ class Trainer:
         self.eval_every = settings.eval_interval(cfg.iterations)
         self.checkpoint_every = settings.checkpoint_interval(cfg.iterations)
         self.batches = self._open_batches()
+        # rank 0's pace, for the driver's progress lines (a Ray queue; None: nobody shows them)
+        self.progress = progress if self.rank == 0 else None
+        self.pace = Pace(cfg.iterations, self.start, cfg.batch_size)
         self.lpips = None
         self.val_baselines: dict = {}    # the baselines' validation scores: fixed windows, once
         self.tensorboard = TensorBoard(self.run) if self.rank == 0 else None
@@ -207,7 +213,8 @@ class Trainer:
                 if not deterministic(e):
                     raise
                 failure = describe(e)
-            self._wait += time.perf_counter() - t0
+            waited = time.perf_counter() - t0
+            self._wait += waited
             verdict = self.control.agree(failure)
             if verdict.failure or verdict.abort:
                 return self._outcome("failed", verdict.failure or
@@ -219,6 +226,7 @@ class Trainer:
             except NonFiniteLossError as e:   # raised on every rank alike (the guard all-reduces)
                 return self._outcome("failed", describe(e))
             done = self.align.iteration
+            self._show(self.pace.step(done, losses, waited))
             checkpoint_now = done % self.checkpoint_every == 0 or done == self.cfg.iterations
             if done % self.eval_every == 0 or checkpoint_now:
                 failure = self._boundary({"iteration": done, **losses, **self._throughput()},
@@ -235,6 +243,7 @@ class Trainer:
         try:
             if validate and self.rank == 0:
                 metrics.update(self.validate())
+                self._show(validation_record(metrics["iteration"], metrics))
             if checkpoint and self.rank == 0:
                 self.commit_checkpoint()
         except Exception as e:
@@ -256,6 +265,15 @@ class Trainer:
         if failure:
             return self._outcome("failed", failure)
         return self._outcome("stopped", reason)
+
+    def _show(self, record: dict | None) -> None:
+        """Hand a progress record to the driver (rank 0; never blocks on a full queue)."""
+        if record is None or self.progress is None:
+            return
+        try:
+            self.progress.put_nowait(record)
+        except Exception:                # full, or the driver is gone: progress is optional
+            pass
 
     def _outcome(self, status: str, message: str | None = None) -> dict:
         newest = max(self.checkpoints.known_good, default=None)
