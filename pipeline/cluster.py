@@ -46,22 +46,46 @@ def probe(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
             "embedded Ray") from None
 
 
+def quiet_ray_logs() -> None:
+    """Ray's per-step and per-epoch INFO lines off in this process (a worker's setup hook, and
+    the driver): Ray Train's "Reporting training result N: ..." at every report, Ray Data's
+    "Dataset ... execution finished" at every epoch of the training split, and the deprecation
+    warning Ray Train's own data config raises for ``exclude_resources``. Warnings and errors
+    still show."""
+    import importlib
+    import logging
+    import warnings
+
+    importlib.import_module("ray.data")     # configures its loggers first, so these levels stay
+    logging.getLogger("ray.data._internal.execution.streaming_executor").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*exclude_resources.* is deprecated")
+    try:                                    # a private module: other Ray versions may lack it
+        context = importlib.import_module("ray.train.v2._internal.execution.context")
+        logging.getLogger(context.__file__).setLevel(logging.WARNING)   # Ray names it by file
+    except ImportError:
+        pass
+
+
+QUIET_HOOK = "pipeline.cluster.quiet_ray_logs"
+
+
 def connect(address: str | None = None, **init_kwargs) -> None:
     """``ray.init`` on the cluster this job should use (see the module docstring); a no-op when
-    Ray is already initialised in this process."""
+    Ray is already initialised in this process. Ray's per-step INFO lines are turned off in
+    every worker (``quiet_ray_logs``)."""
     import ray
 
     if ray.is_initialized():
         return
     address = cluster_address(address)
+    env = {"worker_process_setup_hook": QUIET_HOOK}
     if address is None:
-        ray.init(address="local", **init_kwargs)
-        return
-    probe(address)
-    if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):    # a `ray job submit` driver: its
-        ray.init(address=address, **init_kwargs)          # working_dir already ships the code
-        return
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    modules = [os.path.join(root, p) for p in ("pipeline", "lmc")
-               if os.path.isfile(os.path.join(root, p, "__init__.py"))]
-    ray.init(address=address, runtime_env={"py_modules": modules}, **init_kwargs)
+        ray.init(address="local", runtime_env=env, **init_kwargs)
+    else:
+        probe(address)
+        if not os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):   # a `ray job submit` driver's
+            root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # working_dir
+            env["py_modules"] = [os.path.join(root, p) for p in ("pipeline", "lmc")  # ships it
+                                 if os.path.isfile(os.path.join(root, p, "__init__.py"))]
+        ray.init(address=address, runtime_env=env, **init_kwargs)
+    quiet_ray_logs()
