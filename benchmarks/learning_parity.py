@@ -5,12 +5,11 @@ workers at the same global batch; the curves overlaid, with the baselines.
     python benchmarks/learning_parity.py --data SHARDS --preset small-kth \
         --config '{"img_size": 32}' --iterations 400 --output results/parity
 
-The plain loop reads the train split with pyarrow (`pipeline.iter_test_windows(split="train")`),
-draws each batch uniformly from all windows with its own RNG and the long-clip offset r as
-docs/design.md §4 says, and calls `lmc.MemoryAlignment.step`: Algorithm 1 with nothing around
-it. The Ray runs go through `lmc.train.train` (Ray Data shards, DDP, checkpoints). Batches differ
-between the three (different samplers), so curves are compared as curves: the validation MSE at
-each validation point, and the training loss smoothed over `--smooth` iterations.
+All three run the one training loop (`lmc.train.loop`): (a) through `lmc.train.plain` in this
+process (the train split read with pyarrow, each batch drawn uniformly from all windows), (b, c)
+through `lmc.train.train` (Ray Data shards, DDP). Batches differ between the three (different
+samplers), so curves are compared as curves: the validation MSE at each validation point, and
+the training loss smoothed over `--smooth` iterations.
 Writes parity.json, parity.csv and parity.png into --output.
 """
 import argparse
@@ -18,7 +17,6 @@ import json
 import os
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ["PYTHONPATH"] = os.pathsep.join(
@@ -26,51 +24,31 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
                 os.environ.get("PYTHONPATH")) if p)
 
 
-def plain_loop(cfg, data: str, *, eval_every: int, eval_windows: int, threads: int) -> dict:
-    """Algorithm 1 on the train split with no Ray: {"loss_history", "validation_history"}."""
-    import numpy as np
-    import torch
+def settings(cfg, data: str, storage: str, name: str, workers: int, *, eval_every: int,
+             eval_windows: int, threads: int):
+    from lmc.train import RunSettings
 
-    import lmc
-    import pipeline
-    from lmc.protocols import protocol_for
-    from lmc.scoring import score_windows, summarize_scores, test_windows, validation_metrics
-
-    torch.set_num_threads(threads)
-    train = torch.cat([b["window"] for b in pipeline.iter_test_windows(
-        data, batch_size=64, split="train", short_len=cfg.short_len, out_len=cfg.out_len)])
-    protocol = protocol_for(cfg.short_len, pipeline.DatasetFacts.read(data).test_out_len)
-    torch.manual_seed(cfg.seed)
-    model = lmc.LMCModel(cfg)
-    align = lmc.MemoryAlignment(model)
-    rng = np.random.default_rng(cfg.seed)
-    losses, val = [], []
-    t0 = time.perf_counter()
-    for it in range(1, cfg.iterations + 1):
-        idx = torch.from_numpy(rng.choice(len(train), cfg.batch_size, replace=False))
-        r = int(rng.integers(0, cfg.window_len - cfg.long_len + 1))      # docs/design.md §4
-        losses.append({"iteration": it, **align.step(train[idx], long_start=r)})
-        if it % eval_every == 0 or it == cfg.iterations:
-            windows = test_windows(data, short_len=protocol.short_len, out_len=protocol.out_len,
-                                   batch_size=8, max_windows=eval_windows)
-            s = summarize_scores(score_windows(model, windows, [protocol]))
-            row = {"iteration": it, **validation_metrics(s["protocols"][protocol.name],
-                                                         s["baselines"][protocol.name])}
-            val.append(row)
-            print(f"plain loop: iteration {it}: val_mse {row['val_mse']:.4g} "
-                  f"({time.perf_counter() - t0:.0f} s)", flush=True)
-    return {"loss_history": losses, "validation_history": val}
+    return RunSettings(data=data, storage=storage, name=name, num_workers=workers,
+                       threads_per_worker=threads, checkpoint_every=cfg.iterations,
+                       eval_every=eval_every, eval_windows=eval_windows,
+                       test_windows=eval_windows, log_every=1, artifacts=False, max_failures=0)
 
 
-def ray_run(cfg, data: str, storage: str, workers: int, *, eval_every: int, eval_windows: int,
-            threads: int) -> dict:
-    from lmc.train import RunSettings, train
+def plain_loop(cfg, data: str, storage: str, **kw) -> dict:
+    """The training loop in this process, no Ray (``lmc.train.plain``): metrics.json."""
+    from lmc.train.plain import train_plain
 
-    s = RunSettings(data=data, storage=storage, name=f"parity-{workers}w", num_workers=workers,
-                    threads_per_worker=threads, checkpoint_every=cfg.iterations,
-                    eval_every=eval_every, eval_windows=eval_windows, test_windows=eval_windows,
-                    log_every=1, artifacts=False, max_failures=0)
-    return train(cfg, s, verbose=False)
+    s = settings(cfg, data, storage, "parity-plain", 1, **kw)
+    train_plain(cfg, s)
+    with open(os.path.join(storage, s.name, "metrics.json")) as f:
+        return json.load(f)
+
+
+def ray_run(cfg, data: str, storage: str, workers: int, **kw) -> dict:
+    from lmc.train import train
+
+    return train(cfg, settings(cfg, data, storage, f"parity-{workers}w", workers, **kw),
+                 verbose=False)
 
 
 def smooth(values, k: int):
@@ -105,15 +83,14 @@ def main():
     cfg = lmc.preset(args.preset, iterations=args.iterations,
                      **(json.loads(args.config) if args.config else {}))
     cores = os.cpu_count() or 2
-    runs = {"plain PyTorch loop": plain_loop(cfg, args.data, eval_every=args.eval_every,
-                                             eval_windows=args.eval_windows, threads=args.threads)}
-    ray.init(num_cpus=cores, include_dashboard=False, configure_logging=False,
-             log_to_driver=False)
+    kw = dict(eval_every=args.eval_every, eval_windows=args.eval_windows, threads=args.threads)
     with tempfile.TemporaryDirectory() as storage:
+        runs = {"the loop without Ray": plain_loop(cfg, args.data, storage, **kw)}
+        ray.init(num_cpus=cores, include_dashboard=False, configure_logging=False,
+                 log_to_driver=False)
         for workers in (1, 2):
             runs[f"Ray Train, {workers} worker{'s' if workers > 1 else ''}"] = ray_run(
-                cfg, args.data, storage, workers, eval_every=args.eval_every,
-                eval_windows=args.eval_windows, threads=args.threads)
+                cfg, args.data, storage, workers, **kw)
     ray.shutdown()
 
     os.makedirs(args.output, exist_ok=True)
