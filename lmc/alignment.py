@@ -161,10 +161,7 @@ class MemoryAlignment:
                 "generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
-        # Checkpoints from before the guard hold a non-fused Adam; the guard needs the fused one.
-        opt = state["optimizer"]
-        self.optimizer.load_state_dict(
-            {**opt, "param_groups": [{**g, "fused": True, "foreach": None} for g in opt["param_groups"]]})
+        self.optimizer.load_state_dict(state["optimizer"])
         _match_param_layouts(self.optimizer)
         self.iteration = int(state["iteration"])
         self.generator.set_state(state["generator"])

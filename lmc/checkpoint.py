@@ -114,7 +114,7 @@ def verify_files(manifest: dict, size_of, open_file, where: str) -> None:
 
 def verify_checkpoint(directory) -> dict | None:
     """Check a local checkpoint folder against its ``checkpoint.json``: the manifest, or None
-    when the folder has none (an older or hand-made checkpoint: nothing to verify against).
+    when the folder has none (one put together by hand: nothing to verify against).
     ``CheckpointError`` naming the file that does not verify."""
     directory = Path(directory)
     path = directory / MANIFEST_FILE

@@ -22,13 +22,6 @@ def flag(field: str) -> str:
     return "--" + field.replace("_", "-")
 
 
-class _RemovedSet(argparse.Action):
-    def __call__(self, parser, namespace, values, option_string=None):
-        field, _, value = values.partition("=")
-        parser.error(f"--set {values}: config fields have their own flags now, e.g. "
-                     f"{flag(field)} {value or 'VALUE'} (see --help)")
-
-
 def add_config_flags(p: argparse.ArgumentParser, *, default_preset: str | None,
                      skip: tuple[str, ...] = (), preset_help: str | None = None) -> None:
     """--preset, --config and one flag per LMCConfig field (except ``skip``: fields a job
@@ -41,7 +34,6 @@ def add_config_flags(p: argparse.ArgumentParser, *, default_preset: str | None,
         if f.name not in skip:
             g.add_argument(flag(f.name), dest=f.name, type=_TYPES[str(f.type)],
                            metavar=str(f.type).upper(), help=f"config field {f.name!r}")
-    p.add_argument("--set", action=_RemovedSet, help=argparse.SUPPRESS)
 
 
 _CONFIG_EXAMPLE = """'{"lr": 0.001, "memory_slots": 50}'"""

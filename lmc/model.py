@@ -129,9 +129,8 @@ class MotionEncoder(nn.Sequential):
 def _bf16_weight_grad_unsound(x) -> bool:
     """Whether a Conv3d on ``x`` must leave CPU bf16 autocast. oneDNN's bf16 Conv3d weight
     gradient (3.12, in torch 2.14, jit_bf16 backward_weights) reads memory it never wrote when
-    its input is 2 deep: the weights got garbage, at times inf/NaN (issue 13). Measured over
-    the C3D's channel widths and depths 1-14, only depth 2 was wrong (relative error 0.85 to
-    inf; bf16 rounding elsewhere, 0.002-0.004): a 10-frame clip's last two convs. Depth 1
+    its input is 2 frames deep, so the weights would get garbage, at times inf/NaN; a 10-frame
+    clip's last two convs see such inputs (``tests/test_numerics.py`` reproduces it). Depth 1
     leaves too (as cheap, and an edge of the same kernel). The forward kernels are sound, so
     without a backward to follow (inference) nothing leaves. CUDA autocast is left alone."""
     return (x.device.type == "cpu" and x.shape[2] <= 2 and torch.is_grad_enabled()

@@ -4,9 +4,10 @@ RAY_ADDRESS (set by ``ray job submit``), else a fresh embedded Ray in this proce
 Never Ray's own fallback of "the last cluster ``ray start`` made on this machine": after a head
 died uncleanly its address file stays behind and ``ray.init()`` would wait on it for minutes.
 A given address is probed first, so a dead one fails in seconds, naming the address and the fix.
-Joining a cluster from a checkout ships this checkout's packages (``pipeline`` and, when present,
-``lmc``) to its workers, which may live on machines that do not have them; a driver started by
-``ray job submit --working-dir`` has them in its working dir already.
+Joining a cluster from a checkout ships this checkout's top-level packages (``checkout_packages``:
+``pipeline`` and the packages beside it) to its workers, which may live on machines that do not
+have them; a driver started by ``ray job submit --working-dir`` has them in its working dir
+already.
 """
 from __future__ import annotations
 
@@ -69,6 +70,19 @@ def quiet_ray_logs() -> None:
 QUIET_HOOK = "pipeline.cluster.quiet_ray_logs"
 
 
+def checkout_packages() -> list[str]:
+    """The top-level packages of the checkout this ``pipeline`` lives in, as folder paths (Ray
+    ``py_modules``): every folder beside ``pipeline`` that holds an ``__init__.py``, when that
+    root is a project checkout (it holds ``pyproject.toml``). An installed ``pipeline`` (in
+    site-packages, beside every other installed package) ships nothing: the cluster's machines
+    import their own installed copies."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if not os.path.isfile(os.path.join(root, "pyproject.toml")):
+        return []
+    return sorted(os.path.join(root, p) for p in os.listdir(root)
+                  if os.path.isfile(os.path.join(root, p, "__init__.py")))
+
+
 def connect(address: str | None = None, **init_kwargs) -> None:
     """``ray.init`` on the cluster this job should use (see the module docstring); a no-op when
     Ray is already initialised in this process. Ray's per-step INFO lines are turned off in
@@ -83,9 +97,8 @@ def connect(address: str | None = None, **init_kwargs) -> None:
         ray.init(address="local", runtime_env=env, **init_kwargs)
     else:
         probe(address)
-        if not os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):   # a `ray job submit` driver's
-            root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # working_dir
-            env["py_modules"] = [os.path.join(root, p) for p in ("pipeline", "lmc")  # ships it
-                                 if os.path.isfile(os.path.join(root, p, "__init__.py"))]
+        packages = checkout_packages()
+        if packages and not os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):  # a `ray job
+            env["py_modules"] = packages                 # submit` driver's working_dir ships them
         ray.init(address=address, runtime_env=env, **init_kwargs)
     quiet_ray_logs()

@@ -137,11 +137,11 @@ class _Reader:
         return luma(rgb) if self.channels == 1 else rgb
 
 
-def _serve(lines=None) -> None:
-    """Child main loop: answer open/read request lines (default: stdin) until they end."""
+def _serve() -> None:
+    """Child main loop: answer open/read request lines from stdin until it ends."""
     out = sys.stdout.buffer
     reader: _Reader | None = None
-    for line in sys.stdin.buffer if lines is None else lines:
+    for line in sys.stdin.buffer:
         req = json.loads(line)
         try:
             if req["op"] == "open":

@@ -1,4 +1,4 @@
-"""What the project leaves on a local disk (issue 18): files with the mode a plain open() gives
+"""What the project leaves on a local disk: files with the mode a plain open() gives
 (0o666 less the umask, not mkstemp's 0600), and no empty TensorBoard event file from an
 attempt that logged nothing. Fast: no Ray."""
 import glob

@@ -1,4 +1,4 @@
-"""The jobs' error policy on bad flags (issue 18): one `error:` line and exit status 1, never a
+"""The jobs' error policy on bad flags: one `error:` line and exit status 1, never a
 traceback, and before any work. `_job.run(main, argv)` is what `python jobs/x.py` runs; its
 SystemExit carries the line (a string exit code: printed to stderr, status 1)."""
 import json
@@ -48,8 +48,8 @@ def run_job(load_job, job: str, args: list[str]) -> str:
 
 @pytest.mark.parametrize("job", sorted(HOLDS))
 def test_a_device_torch_does_not_know_is_one_line(job, checkpoint, tmp_path, load_job):
-    """Was: RuntimeError "Expected one of cpu, cuda, ipu, xpu, ..." with a traceback, after
-    reading the input and the shards."""
+    """Checked before the input and the shards are read, not left to torch (whose
+    RuntimeError "Expected one of cpu, cuda, ipu, xpu, ..." comes with a traceback)."""
     line = run_job(load_job, job, argv(job, checkpoint, str(tmp_path / "out"),
                                        "--device", "bogus"))
     assert line == f"error: {DEVICE_ERROR}"
@@ -59,8 +59,8 @@ def test_a_device_torch_does_not_know_is_one_line(job, checkpoint, tmp_path, loa
 @pytest.mark.parametrize("job", sorted(HOLDS))
 def test_an_output_that_is_a_file_is_one_line_before_any_work(job, checkpoint, tmp_path,
                                                               load_job):
-    """Was: "[Errno 17] File exists" (evaluate, analysis) or "[Errno 20] Not a directory"
-    (predict), and for evaluate only after the whole evaluation."""
+    """Checked first, not met as "[Errno 17] File exists" or "[Errno 20] Not a directory"
+    when the results are written (for evaluate, after the whole evaluation)."""
     taken = tmp_path / "taken"
     taken.write_text("mine")
     line = run_job(load_job, job, argv(job, checkpoint, str(taken), "--device", "cpu"))
@@ -99,7 +99,8 @@ FIX = """give a .json file of config fields or a JSON object such as '{"lr": 0.0
 
 
 def test_config_5_is_one_line_from_the_training_job(tmp_path):
-    """Was: TypeError "'int' object is not iterable" with a traceback."""
+    """A JSON value that is not an object is named, not met as TypeError "'int' object is not
+    iterable" with a traceback."""
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "jobs", "train_mmnist.py"),
                            "--config", "5", "--storage", str(tmp_path / "runs")],
                           capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
@@ -148,8 +149,8 @@ def test_config_values_that_are_not_an_object_of_fields(tmp_path, monkeypatch):
                                    "allowed: a finite number > 0"),
 ])
 def test_training_flags_that_cannot_name_a_run_are_one_line(tmp_path, load_job, flags, expect):
-    """Was: `--name ''` silently became the default name; `inf` CPUs an OverflowError retried
-    --max-failures times."""
+    """Checked before the run: `--name ''` would otherwise fall back to the default name, and
+    `inf` CPUs end in an OverflowError inside Ray, retried --max-failures times."""
     module = load_job("train_mmnist")
     import _job
     with pytest.raises(SystemExit) as e:

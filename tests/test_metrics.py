@@ -211,7 +211,7 @@ def test_accumulator_rejects_wrong_length_and_unknown_protocol():
         MetricAccumulator("10-40").update({"mse": torch.zeros(2, 20)})
     with pytest.raises(ValueError, match="unknown protocol"):
         MetricAccumulator("10-fifty")
-    # any "S-K" is a protocol now (all K frames scored): 10-50 wants (N, 50)
+    # any "S-K" is a protocol (all K frames scored): 10-50 wants (N, 50)
     with pytest.raises(ValueError, match=r"\(2, 40\).*\(N, 50\)"):
         MetricAccumulator("10-50").update({"mse": torch.zeros(2, 40)})
 

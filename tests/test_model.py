@@ -158,9 +158,9 @@ def _record_long_clips(model, window):
 
 def test_alignment_draws_the_long_clip_offset_from_its_seeded_generator():
     """step(window) without long_start: long = window[:, r:r + long_len] with r drawn by the
-    alignment's own generator (the loader no longer draws it). Two alignments with the same
-    seed draw the same sequence of r, which takes both values of {0, 1}; another seed draws
-    another; a fresh alignment given ``state_dict()`` after 4 steps continues the sequence."""
+    alignment's own generator (saved with its state, so a resumed run draws on). Two
+    alignments with the same seed draw the same sequence of r, which takes both values of
+    {0, 1}; another seed draws another; a fresh alignment given ``state_dict()`` after 4 steps continues the sequence."""
     window = torch.rand(1, 13, 1, 32, 32, generator=torch.Generator().manual_seed(2))
 
     def draws(seed, steps, state=None):
@@ -183,10 +183,10 @@ def test_alignment_draws_the_long_clip_offset_from_its_seeded_generator():
 
 
 def test_moments_saved_contiguous_resume_into_channels_last_weights():
-    """A checkpoint keeps its tensors' layouts. Adam's moments saved contiguous (an older run)
-    and loaded beside channels_last weights get the weights' layout, so the resumed run is the
-    uninterrupted one to the bit; the fused kernel would otherwise apply every moment of a 4-D
-    weight to other elements, without an error."""
+    """A checkpoint keeps its tensors' layouts. Adam's moments saved contiguous (a run with
+    --memory-format contiguous) and loaded beside channels_last weights get the weights'
+    layout, so the resumed run is the uninterrupted one to the bit; the fused kernel would
+    otherwise apply every moment of a 4-D weight to other elements, without an error."""
     window = torch.rand(2, 13, 1, 32, 32, generator=torch.Generator().manual_seed(0))
 
     def channels_last_model():
@@ -302,12 +302,12 @@ def test_bad_model_input_is_a_clear_error():
 def test_channels_last_weights_get_gradients_of_their_own_layout():
     """DDP builds its gradient buckets with each parameter's strides and warns on every run
     when a gradient comes back in another layout (the grayscale decoder's 1-channel
-    ConvTranspose did: NCHW weight, NHWC gradient)."""
+    ConvTranspose is the case: left alone, an NCHW weight with an NHWC gradient)."""
     model = lmc.LMCModel(small_cfg()).to_channels_last()
     cfg = model.cfg
     x = torch.rand(2, cfg.short_len + cfg.out_len, cfg.channels, cfg.img_size, cfg.img_size)
     model(x[:, :cfg.short_len], long=x[:, :cfg.long_len], out_len=cfg.out_len).square().mean().backward()
     four_d = [(n, p) for n, p in model.named_parameters() if p.dim() == 4 and p.grad is not None]
-    assert any(p.shape[1] == 1 for _, p in four_d)          # the case that used to differ
+    assert any(p.shape[1] == 1 for _, p in four_d)          # the 1-channel case is covered
     assert [(n, p.stride(), p.grad.stride()) for n, p in four_d
             if p.grad.stride() != p.stride()] == []

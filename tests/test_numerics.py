@@ -1,12 +1,13 @@
 """bf16 without corrupted weights, the step's non-finite guard, and one host sync per iteration.
 
-Issue 13's corruption, found: oneDNN's bf16 Conv3d weight gradient (the CPU kernel behind
+The fault the model works around: oneDNN's bf16 Conv3d weight gradient (the CPU kernel behind
 autocast) reads memory it never wrote when the clip is 2 deep, which the C3D's last two convs
-see on a 9-12 frame clip. The gradient was garbage on every step and, when the stale memory
-held inf/NaN bit patterns, non-finite; Adam then wrote NaN into those weights while the loss
-stayed finite. The paper-mmnist model hits it in E_MM (10-frame short clip) but takes minutes
-per bf16 step here, so these tests use the smallest config with the same depth-2 convs (both
-encoders: 9-frame short and 12-frame long clips), where it reproduced in a second.
+see on a 9-12 frame clip. Left in bf16, that gradient is garbage on every step and, when the
+stale memory holds inf/NaN bit patterns, non-finite; Adam then writes NaN into those weights
+while the loss stays finite. The paper-mmnist model would hit it in E_MM (10-frame short clip)
+but takes minutes per bf16 step on a CPU, so these tests use the smallest config with the same
+depth-2 convs (both encoders: 9-frame short and 12-frame long clips), where it shows in a
+second.
 """
 import copy
 
@@ -34,7 +35,7 @@ def test_only_the_depth_2_convs_leave_cpu_bf16_autocast_when_a_backward_follows(
     """The fix for the kernel: under bf16 autocast on CPU, a Conv3d whose input is 2 deep runs
     in fp32 when a backward may follow (in bf16 its weight gradient read memory it never wrote:
     off by 50% to 1e38 with the heap poisoned). The other convs run bf16. No gradient reads
-    stale memory now (a poisoned heap changes no bit), and all differ from fp32 by bf16
+    stale memory (a poisoned heap changes no bit), and all differ from fp32 by bf16
     rounding compounded over the stack (0.2-11% here, the most in the first conv). Without a
     backward (inference) every conv runs bf16."""
     torch.manual_seed(0)
@@ -73,9 +74,9 @@ def test_only_the_depth_2_convs_leave_cpu_bf16_autocast_when_a_backward_follows(
 
 
 def test_bf16_steps_keep_every_weight_finite(one_thread):
-    """The issue's recipe (bf16 autocast, lr 2e-4, random frames) on the seeds that failed,
-    with the heap poisoned before every Conv3d backward: every weight stays finite and no step
-    stops (before the fix, every seed had NaN weights after its first step)."""
+    """bf16 autocast, lr 2e-4, random frames, with the heap poisoned before every Conv3d
+    backward, on seeds whose first step puts NaN into the weights when the depth-2 convs run
+    in bf16: every weight stays finite and no step stops."""
     for seed in FAILING_SEEDS:
         torch.manual_seed(seed)
         model = lmc.LMCModel(small_cfg())
@@ -159,22 +160,3 @@ def test_one_host_sync_per_iteration(one_thread, monkeypatch):
         losses = align.step(window, long_start=1)
         assert reads == ["tolist"], reads
         assert all(isinstance(v, float) for v in losses.values())
-
-
-def test_a_checkpoint_of_the_unfused_adam_resumes_into_the_guarded_step(one_thread):
-    """Optimizer states saved before the guard (plain Adam) load into the fused Adam it needs,
-    keeping their moments, and the next step runs."""
-    torch.manual_seed(0)
-    model = lmc.LMCModel(small_cfg())
-    window = torch.rand(2, 13, 1, 32, 32)
-    old = torch.optim.Adam(model.parameters(), lr=1e-3)
-    lmc.prediction_loss(model(window[:, :9]), window[:, 9:]).backward()
-    old.step()
-    align = lmc.MemoryAlignment(model, lr=1e-3)
-    align.load_state_dict({"optimizer": old.state_dict(), "iteration": 7,
-                           "generator": align.generator.get_state()})
-    assert all(g["fused"] for g in align.optimizer.param_groups)
-    first = next(iter(old.state.values()))["exp_avg"]
-    assert torch.equal(next(iter(align.optimizer.state.values()))["exp_avg"], first)
-    align.step(window, long_start=1)
-    assert align.iteration == 8

@@ -251,8 +251,8 @@ def test_import_is_cheap():
 
 
 def test_a_run_without_any_window_fails_and_keeps_its_errors(ray_session, kth_videos, tmp_path):
-    """Issue 18: a prepare job whose every input is bad exited 0 with an empty dataset. Now it
-    ends with one line naming the count and errors.jsonl, status 1; errors.jsonl and the
+    """A prepare job whose every input is bad is a failure, not an empty dataset: it ends
+    with one line naming the count and errors.jsonl, status 1; errors.jsonl and the
     manifest (0 windows: a loader says the split is empty) stay, and the next run is not a
     no-op: it prepares again (the same file names may hold fixed videos by then)."""
     from pipeline.preparation import NoWindowsError
@@ -288,7 +288,8 @@ def test_a_run_without_any_window_fails_and_keeps_its_errors(ray_session, kth_vi
 
 
 def test_dataset_files_have_the_mode_open_gives(kth_shards):
-    """Issue 18: manifest.json, errors.jsonl and the shards were 0600 (mkstemp's mode)."""
+    """manifest.json, errors.jsonl and the shards get open()'s mode (0o666 less the umask),
+    not mkstemp's 0600, so that others sharing the data can read them."""
     out, _ = kth_shards
     mask = os.umask(0)
     os.umask(mask)
@@ -298,7 +299,8 @@ def test_dataset_files_have_the_mode_open_gives(kth_shards):
 
 
 def test_an_output_that_is_a_file_is_one_error_before_ray(kth_videos, tmp_path):
-    """Was: the shard writes failed inside Ray tasks, a 200-line traceback."""
+    """Checked before Ray starts, not met by the shard writes inside Ray tasks (a 200-line
+    traceback)."""
     taken = tmp_path / "taken"
     taken.write_text("mine")
     for out, where in ((taken, "is an existing file"), (taken / "x", f"is under '{taken}', a file")):

@@ -100,17 +100,20 @@ def test_truncated_container_is_detected(video, tmp_path):
     assert container_problem(str(cut)).startswith("truncated")
 
 
+# The decoder child, with its stdin filtered: a request naming segfault-me or stall-me crashes
+# or hangs it before the real loop sees the line.
 _CRASHY_CHILD = (
-    "import ctypes, sys\n"
+    "import ctypes, sys, types\n"
     "from pipeline.decode import _serve\n"
-    "def lines():\n"
-    "    for line in sys.stdin.buffer:\n"
+    "def lines(requests):\n"
+    "    for line in requests:\n"
     "        if b'segfault-me' in line:\n"
     "            ctypes.string_at(0)  # a real segfault, as decord does on some corrupt files\n"
     "        if b'stall-me' in line:\n"
     "            import time; time.sleep(60)\n"
     "        yield line\n"
-    "_serve(lines())\n")
+    "sys.stdin = types.SimpleNamespace(buffer=lines(sys.stdin.buffer))\n"
+    "_serve()\n")
 
 
 def test_decoder_crash_and_hang_become_skips_and_the_decoder_recovers(video, tmp_path):

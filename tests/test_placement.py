@@ -1,13 +1,14 @@
 """Placement and cluster choice, without a cluster: a placement no node set can hold fails before
 any Ray work naming the flag, the request and what the cluster has (with an autoscaler it only
 says what the run waits for); the address a job joins and how a dead one fails."""
+import os
 import socket
 import time
 
 import pytest
 
 import lmc
-from lmc.train.driver import check_placement, worker_resources
+from lmc.train.placement import check_placement, worker_resources
 from lmc.train.run import RunSettings
 from local_cluster import free_port
 from pipeline.cluster import cluster_address, probe
@@ -100,3 +101,28 @@ def test_a_dead_address_fails_in_seconds_and_a_live_one_passes():
         probe("127.0.0.1:99999")
     with pytest.raises(ValueError, match="is a URL .*ray job submit --address URL"):
         probe("http://127.0.0.1:8265")                     # the dashboard's, not the GCS
+
+
+def test_a_checkout_ships_its_top_level_packages_and_an_installed_pipeline_none(tmp_path):
+    """What `connect` hands a joined cluster as py_modules: every package folder beside
+    `pipeline/` in a checkout (one holding pyproject.toml), named by nothing but the folders;
+    beside other installed packages (site-packages), nothing."""
+    import importlib.util
+    import shutil
+
+    import pipeline.cluster
+
+    assert [os.path.basename(p) for p in pipeline.cluster.checkout_packages()] == \
+        ["lmc", "pipeline"]
+    for name in ("pipeline", "mine", "other"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "__init__.py").write_text("")
+    (tmp_path / "data").mkdir()                                # not a package
+    shutil.copy(pipeline.cluster.__file__, tmp_path / "pipeline" / "cluster.py")
+    spec = importlib.util.spec_from_file_location("moved_cluster",
+                                                  tmp_path / "pipeline" / "cluster.py")
+    moved = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(moved)
+    assert moved.checkout_packages() == []                     # site-packages-like
+    (tmp_path / "pyproject.toml").write_text("")
+    assert moved.checkout_packages() == [str(tmp_path / n) for n in ("mine", "other", "pipeline")]

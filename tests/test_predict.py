@@ -114,8 +114,8 @@ OUT_LEN_ERROR = (
 
 
 def test_out_len_is_bounded_before_any_work(checkpoint, video, tmp_path):
-    """Issue 18: --out-len 1000000 ran for minutes in silence (a 10^6-step rollout, 65 GB of
-    frames at 128x128); now one line at once, in the job as in the Python API."""
+    """--out-len 1000000 would run for minutes in silence (a 10^6-step rollout, 65 GB of
+    frames at 128x128): it is one error line at once, in the job as in the Python API."""
     path, _, _ = checkpoint
     out = tmp_path / "out"
     job = [sys.executable, "jobs/predict.py", "--checkpoint", str(path), "--input", str(video),

@@ -1,6 +1,7 @@
 """The committed small-scale reproductions (results/*/): each checkpoint, evaluated here on the
-committed sample of its test windows, gives the committed numbers, and those numbers beat the
-baselines as results/*/README.md says."""
+committed sample of its test windows, gives the committed numbers (the model's and the
+baselines', computed by the project's scoring code), and its whole-test-split summary is judged
+by the project's verdict to beat the baselines, as results/*/README.md says."""
 import json
 from pathlib import Path
 
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from lmc.baselines import beats_every_baseline, compare, verdict, verdict_line
 from lmc.checkpoint import load_model
 from lmc.protocols import get_protocol
 from lmc.scoring import score_windows, summarize_scores
@@ -36,16 +38,20 @@ def test_committed_checkpoint_reproduces_its_committed_numbers(name):
 
 
 @pytest.mark.parametrize("name", RUNS)
-def test_committed_summary_beats_the_baselines_it_claims_to(name):
-    """The full-test-split numbers in summary.json: the model's MSE against each baseline's,
-    as the targets of the issue say (Moving-MNIST at most 0.8x the better baseline; KTH-like
-    below copy-last-frame in MSE and above it in PSNR)."""
+def test_committed_summary_is_the_checkpoints_and_the_verdict_says_it_beats_the_baselines(name):
+    """summary.json holds `jobs/evaluate.py`'s numbers on the whole test split (whose shards
+    are not committed). It belongs to the committed checkpoint: that checkpoint verifies
+    against its checkpoint.json and loads into the architecture of the config the summary
+    names. Judged by the project's own verdict (`lmc.baselines`), the model beats both
+    baselines on every metric, and on Moving-MNIST its MSE is at most 0.8x the better
+    baseline's (README, Results)."""
     summary = json.loads((RESULTS / name / "summary.json").read_text())
+    model = load_model(RESULTS / name / "checkpoint")
+    assert model.cfg.to_dict() == summary["config"]
     for proto, rep in summary["protocols"].items():
-        base = summary["baselines"][proto]
-        best = min(b["mean"]["mse"] for b in base.values())
+        base = {b: v["mean"] for b, v in summary["baselines"][proto].items()}
+        judged = verdict(rep["mean"], base)
+        assert beats_every_baseline(judged), (proto, verdict_line(judged))
         if name.startswith("mmnist"):
-            assert rep["mean"]["mse"] <= 0.8 * best, proto
-        else:
-            assert rep["mean"]["mse"] < base["copy_last"]["mean"]["mse"], proto
-            assert rep["mean"]["psnr"] > base["copy_last"]["mean"]["psnr"], proto
+            best = min(b["mse"] for b in base.values())
+            assert compare("mse", rep["mean"]["mse"], 0.8 * best) in ("beats", "ties"), proto

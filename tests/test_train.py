@@ -2,8 +2,8 @@
 
 A tiny model (width 1/16, 32x32 frames, 9 -> 3 frames) on a few synthetic KTH-like windows (the
 session's `kth_train_shards`), with the session's 2-CPU Ray cluster (`ray_session`). Runs that
-start a Ray Train worker group take 20-60 s each on a 2-core machine and are marked slow; test
-hooks (`lmc.train.hooks`) trace the parameters, kill a worker or poison a batch.
+start a Ray Train worker group take 20-60 s each on a 2-core machine and are marked slow; hooks
+trace the parameters (`lmc.train.hooks`), kill a worker or poison a batch (`fault_hooks`).
 """
 import dataclasses
 import glob
@@ -20,7 +20,8 @@ from lmc.alignment import NonFiniteLossError
 from lmc.baselines import verdict
 from lmc.reference import CheckpointError
 from lmc.train import DataError, RunSettings, StorageError, train, validate
-from lmc.train.hooks import CrashAt, NaNInputAt, TraceParameters
+from lmc.train.hooks import TraceParameters
+from fault_hooks import CrashAt, NaNInputAt
 
 SHORT, OUT, IMG = 9, 3, 32      # the shape of conftest's kth_train_shards
 CFG = lmc.preset("tiny", img_size=IMG, short_len=SHORT, out_len=OUT, long_len=10, width=0.0625,

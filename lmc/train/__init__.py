@@ -5,9 +5,10 @@
     checkpoints.py  the run's verified checkpoints: commit, choose the newest, prune (no Ray)
     lease.py        one live job per run folder: the lease, its heartbeat, the workers' fence
     driver.py       check / validate a run, then ``train``: a TorchTrainer over the shards
+    placement.py    what each worker reserves; whether the cluster can ever place them
     trainer.py      one worker: step, validate, checkpoint, finish (``train_loop_per_worker``)
     control.py      what every rank agrees on at a step: go on, stop, end on an error
-    hooks.py        fault injection and parameter tracing, injected into the trainer
+    hooks.py        the hooks injected into the trainer (tests' faults), parameter tracing
     tensorboard.py  the run's event files
     cli.py          the command line of jobs/train_*.py
 """

@@ -22,7 +22,7 @@ DATASETS = {  # dataset -> paper preset
 # CPU gets past the blank-frame phase in minutes (see results/ for longer runs).
 DEMO = {"kth": ("small-kth", {"img_size": 32, "iterations": 1800}),
         "mmnist": ("small-mmnist", {"iterations": 1500})}
-DEMO_DATA_VERSION = "v3"   # bumped when the demo data change (v2: KTH-sized figures; v3: 16 videos per action)
+DEMO_DATA_VERSION = "v3"   # in the cache folder's name: a new one when demo_data changes, so no stale cache is reused
 CACHE = os.environ.get("LMC_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "lmc-memory"))
 
 

@@ -38,6 +38,7 @@ from ..protocols import Protocol, protocol_for
 from ..reference import CheckpointError, load_matching
 from .checkpoints import RunCheckpoints
 from .lease import RunLease
+from .placement import _alive_nodes, _has_autoscaler, check_placement, worker_resources
 from .progress import Console
 from .run import METRICS_FILE, RunSettings, StorageError, read_json, s3_env, storage_location
 
@@ -226,7 +227,6 @@ def train(cfg: LMCConfig, settings: RunSettings, *, hooks=(), callbacks: list | 
                      if plan.changes else "") + ")" if plan.resume_from else "new run")
         say(f"run {plan.run_uri}: {resume}; data {settings.data} ({plan.facts.rows['train']} "
             f"train / {plan.facts.rows['test']} test windows); protocol {plan.protocol.name}")
-        _set_aside_ray_record(run, plan.resume_from, say)
         with _stop_on_signals(lease, say):
             outcome = _fit(cfg, settings, plan, lease, hooks, callbacks, address, verbose)
     finally:
@@ -367,27 +367,6 @@ def _job_id() -> str | None:
         return None
 
 
-RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"
-
-
-def _set_aside_ray_record(run, resume_from: str | None, say) -> None:
-    """Ray Train's own record of a run written before this project kept its checkpoints
-    itself may name checkpoints (and fail to start if they are gone): set it aside, saying
-    which checkpoint it named and which one the run resumes from instead."""
-    record = read_json(run, RAY_SNAPSHOT)
-    if not record:
-        return
-    named = (record.get("latest_checkpoint_result") or {}).get("checkpoint_dir_name")
-    if not named:
-        return
-    aside = f"{RAY_SNAPSHOT}.set-aside-{int(time.time())}"
-    run.write_bytes(run.read_bytes(RAY_SNAPSHOT), aside)
-    run.delete(RAY_SNAPSHOT)
-    say(f"Ray Train's record names {named}; the run resumes "
-        f"from {resume_from or 'nothing (no checkpoint verifies)'}, the newest checkpoint "
-        f"that verifies in storage (record kept as {aside})")
-
-
 # What each read task of the train split asks Ray for. Less than a CPU, so that a read fits
 # beside the workers on a node they share: on two 1-CPU nodes with a worker each, a 1-CPU read
 # (Ray Data's default; also a lost node's blocks being rebuilt) would wait forever.
@@ -401,83 +380,6 @@ def _train_dataset(data: str, facts):
     import pipeline
     ds = pipeline.load_split(data, "train", read_cpus=READ_TASK_CPUS)
     return ds.materialize() if facts.bytes.get("train", 1 << 62) < 1 << 30 else ds
-
-
-def worker_resources(s: RunSettings, nodes: list[dict], log=print) -> dict:
-    """What Ray reserves per worker on these ``nodes`` (each {"id", "resources"}): a GPU with
-    --gpus, and CPUs. Ray Data's read tasks need CPUs too: on a small cluster where the workers
-    would take every CPU the shard reading would wait forever, so reserve less per worker there,
-    leaving one CPU to Ray Data (whose reads ask for ``READ_TASK_CPUS`` each, so they fit on a
-    node's leftover; the torch thread count, ``s.torch_threads``, stays)."""
-    gpu = {"GPU": 1} if s.use_gpu else {}
-    total = sum(n["resources"].get("CPU", 0) for n in nodes)
-    if s.use_gpu or total - s.num_workers * s.cpus_per_worker >= 1 or total <= 1:
-        return {"CPU": s.cpus_per_worker, **gpu}
-    cpw = max(0.1, (total - 1) / s.num_workers)
-    if log:
-        log(f"reserving {cpw:.2f} CPU per worker (not {s.cpus_per_worker}) so that Ray Data "
-            f"keeps 1 of the cluster's {total:g} CPUs for reading shards")
-    return {"CPU": cpw, **gpu}
-
-
-def check_placement(s: RunSettings, per_worker: dict, nodes: list[dict], *,
-                    autoscaling=False, log=print) -> None:
-    """Fail early, naming the flag, the request and what the cluster has, when the workers'
-    placement group can never be placed on these ``nodes`` (each {"id", "resources"}); with
-    an autoscaler that may add nodes, only say what the run will wait for. ``autoscaling``: a
-    bool, or a callable asked only when the placement does not fit."""
-    def fits(res: dict, k: int = 1) -> bool:
-        return all(res.get(r, 0) >= k * v - 1e-9 for r, v in per_worker.items())
-
-    def fmt(res: dict) -> str:
-        return ", ".join(f"{r} {res.get(r, 0):g}" for r in per_worker)
-
-    want = f"{s.num_workers} worker(s) of {fmt(per_worker)}"
-    holders = [n for n in nodes if fits(n["resources"])]
-    problem = None
-    if not holders:
-        problem = (f"no node can hold one worker ({fmt(per_worker)}; --cpus-per-worker / "
-                   "--gpus)")
-    elif s.placement_strategy == "STRICT_SPREAD" and len(holders) < s.num_workers:
-        problem = (f"--placement-strategy STRICT_SPREAD puts each of the {s.num_workers} workers "
-                   f"on its own node, but {len(holders)} node(s) can hold one")
-    elif s.placement_strategy == "STRICT_PACK" and not any(fits(n["resources"], s.num_workers)
-                                                           for n in nodes):
-        problem = (f"--placement-strategy STRICT_PACK puts all {s.num_workers} workers on one "
-                   "node, but no node can hold them all")
-    elif sum(int(min(n["resources"].get(r, 0) / v for r, v in per_worker.items()) + 1e-9)
-             for n in nodes) < s.num_workers:
-        problem = f"the cluster cannot hold {want} at once (--num-workers)"
-    if problem is None:
-        return
-    have = "; ".join(f"node {n['id'][:8]}: {fmt(n['resources'])}" for n in nodes) or "no nodes"
-    message = f"{problem}. Requested: {want}; the cluster has {have}"
-    if not (autoscaling() if callable(autoscaling) else autoscaling):
-        raise ConfigError(message)
-    if log:
-        log(f"waiting for the autoscaler: {message}")
-
-
-def _alive_nodes() -> list[dict]:
-    import ray
-    return [{"id": n["NodeID"], "resources": n.get("Resources", {})}
-            for n in ray.nodes() if n.get("Alive")]
-
-
-def _has_autoscaler() -> bool:
-    """Whether an autoscaler that can add nodes runs for this cluster. Its monitor publishes a
-    status in the GCS key-value store (what `ray status` reads); a cluster started without an
-    autoscaling config runs a read-only monitor whose node types are the nodes themselves
-    ("node_<id>"). Ray has no public call for this yet."""
-    import json
-    try:
-        from ray._private.ray_constants import DEBUG_AUTOSCALING_STATUS
-        from ray.experimental.internal_kv import _internal_kv_get
-        status = json.loads(_internal_kv_get(DEBUG_AUTOSCALING_STATUS) or b"{}")
-    except Exception:
-        return False
-    types = (status.get("autoscaler_report") or {}).get("node_type_mapping") or {}
-    return any(t != f"node_{node}" for node, t in types.items())
 
 
 def _worker_error(e: BaseException) -> str:

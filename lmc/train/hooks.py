@@ -1,16 +1,16 @@
-"""Hooks into the per-worker training loop: fault injection and parameter tracing, for tests and
-for debugging a run. They travel to the workers pickled in ``train_loop_config``; the trainer
-calls ``setup`` once its model and optimizer exist, ``before_step`` before every step (it may
-replace the batch) and ``close`` when the loop ends, however it ends.
+"""Hooks into the per-worker training loop: parameter tracing for debugging a run
+(``--trace-parameters``), and the interface tests inject faults through. They travel to the
+workers pickled in ``train_loop_config``; the trainer calls ``setup`` once its model and
+optimizer exist, ``before_step`` before every step (it may replace the batch) and ``close``
+when the loop ends, however it ends.
 
-    train(cfg, settings, hooks=[CrashAt(rank=1, iteration=3, marker="/tmp/crashed")])
+    train(cfg, settings, hooks=[TraceParameters("trace/")])
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import time
 from dataclasses import dataclass
 
 
@@ -25,36 +25,6 @@ class Hook:
 
     def close(self, trainer) -> None:
         pass
-
-
-@dataclass
-class CrashAt(Hook):
-    """The process of ``rank`` dies (``os._exit``) at ``iteration``, once: ``marker`` records
-    it, so the restarted worker group goes on."""
-
-    rank: int
-    iteration: int
-    marker: str
-    after_s: float = 0.0   # Ray Train registers a reported checkpoint when it next polls the
-                           # workers (every 2 s): wait so that the last one surely is
-
-    def before_step(self, trainer, iteration, window):
-        if trainer.rank == self.rank and iteration == self.iteration and not os.path.exists(self.marker):
-            time.sleep(self.after_s)
-            with open(self.marker, "w") as f:
-                f.write(f"rank {trainer.rank} died at iteration {iteration}\n")
-            os._exit(1)
-        return window
-
-
-@dataclass
-class NaNInputAt(Hook):
-    """The batch of ``iteration`` becomes NaN (a non-finite loss follows)."""
-
-    iteration: int
-
-    def before_step(self, trainer, iteration, window):
-        return window * float("nan") if iteration == self.iteration else window
 
 
 def _digest(params) -> str:
