@@ -5,6 +5,10 @@ config field (``--lr 1e-3 --img-size 32 --memory-slots 50``); later ones win.
     p = argparse.ArgumentParser()
     add_config_flags(p, default_preset="paper-kth")
     cfg = config_from_args(p.parse_args())
+
+The settings dataclasses (``RunSettings``, ``SweepSettings``) get their flags the same way,
+generated from their fields (``add_settings_flags``, ``settings_from_args``): the defaults, help
+texts and choices live in the dataclass, once.
 """
 from __future__ import annotations
 
@@ -15,11 +19,20 @@ import os
 
 from .config import PRESETS, ConfigError, LMCConfig, preset
 
-_TYPES = {"int": int, "float": float, "str": str}
+_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
 
 
 def flag(field: str) -> str:
     return "--" + field.replace("_", "-")
+
+
+def field_type(f: dataclasses.Field) -> type:
+    """The scalar type of a dataclass field annotated ``int``, ``float | None``, ... (a string
+    under ``from __future__ import annotations``)."""
+    names = [t.strip() for t in str(f.type).split("|") if t.strip() != "None"]
+    if len(names) != 1 or names[0] not in _TYPES:
+        raise TypeError(f"field {f.name!r}: no flag for type {f.type!r}")
+    return _TYPES[names[0]]
 
 
 def add_config_flags(p: argparse.ArgumentParser, *, default_preset: str | None,
@@ -32,7 +45,7 @@ def add_config_flags(p: argparse.ArgumentParser, *, default_preset: str | None,
     g.add_argument("--config", help="JSON object or .json file of config fields over the preset")
     for f in dataclasses.fields(LMCConfig):
         if f.name not in skip:
-            g.add_argument(flag(f.name), dest=f.name, type=_TYPES[str(f.type)],
+            g.add_argument(flag(f.name), dest=f.name, type=field_type(f),
                            metavar=str(f.type).upper(), help=f"config field {f.name!r}")
 
 
@@ -86,3 +99,66 @@ def config_from_args(a: argparse.Namespace, *, preset_name: str | None = None,
     d.update({f.name: getattr(a, f.name) for f in dataclasses.fields(LMCConfig)
               if f.name not in skip and getattr(a, f.name, None) is not None})
     return LMCConfig.from_dict(d)
+
+
+# ---------------------------------------------------------------------------------------------
+# flags generated from a settings dataclass
+
+def settings_flag(f: dataclasses.Field) -> str:
+    """``--<field name with dashes>``, or ``--<metadata "flag">`` where the user-facing name
+    differs (``RunSettings.use_gpu``: ``--gpus``)."""
+    return flag(f.metadata.get("flag", f.name))
+
+
+def add_settings_flags(p: argparse.ArgumentParser, cls, *, skip: tuple[str, ...] = (),
+                       defaults: dict | None = None, helps: dict | None = None,
+                       title: str | None = None) -> None:
+    """One flag per field of the settings dataclass ``cls`` but ``skip`` (``settings_flag``;
+    ``dest`` the field's name): the type from the annotation; help, choices and what a None
+    default means ("when_none") from the field's metadata; a bool a switch (``store_true``;
+    ``--x/--no-x`` when it defaults to True).
+
+    The default is the dataclass's; ``defaults`` holds a job's own instead (a sweep's trials
+    train with one worker; None makes a field without a default optional); a field with
+    neither is a required flag. ``helps``: a job's own help text for a field."""
+    g = p.add_argument_group(title) if title else p
+    defaults, helps = defaults or {}, helps or {}
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        kind = field_type(f)
+        if f.name in defaults:
+            default = defaults[f.name]
+        elif f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = dataclasses.MISSING
+        text = helps.get(f.name, f.metadata.get("help", ""))
+        kw = {"dest": f.name}
+        if kind is bool:
+            kw.update(default=bool(default), action=argparse.BooleanOptionalAction if default
+                      else "store_true")
+        else:
+            required = default is dataclasses.MISSING
+            choices = f.metadata.get("choices")
+            kw.update(type=kind, choices=choices, required=required,
+                      default=None if required else default,
+                      metavar=None if choices else f.name.upper() if kind is str
+                      else kind.__name__.upper())
+            if "(default:" in text:              # a job's own help says it
+                pass
+            elif default is None and "when_none" in f.metadata:
+                text += f" (default: {f.metadata['when_none']})"
+            elif default not in (None, dataclasses.MISSING):
+                text += " (default: %(default)s)"
+        g.add_argument(settings_flag(f), help=text.strip() or None, **kw)
+
+
+def settings_from_args(a: argparse.Namespace, cls, *, skip: tuple[str, ...] = (), **values):
+    """``cls`` (validated as it is made) from the flags of ``add_settings_flags``; ``values``
+    set fields a job decides itself, ``skip``ped fields keep the dataclass's default."""
+    given = {f.name: getattr(a, f.name) for f in dataclasses.fields(cls)
+             if f.name not in skip and f.name not in values}
+    return cls(**given, **values)

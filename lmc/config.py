@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Callable
 
 QUERY_MODES = ("local", "global", "none")
 OUTPUT_ACTIVATIONS = ("linear", "sigmoid")
@@ -87,39 +87,47 @@ class LMCConfig:
             return cls.from_dict(json.load(f))
 
 
-def _need(ok: bool, field: str, value: Any, allowed: str) -> None:
-    if not ok:
-        raise ConfigError(f"config field '{field}' = {value!r} is invalid; allowed: {allowed}")
+def validator(kind: str, obj: Any) -> Callable[[bool, str, str], None]:
+    """The one validator of every settings dataclass (``LMCConfig``, ``RunSettings``,
+    ``SweepSettings``), with one error format: ``need = validator("run setting", self)``, then
+    ``need(ok, field, allowed)`` raises ``ConfigError("<kind> '<field>' = <value!r> is invalid;
+    allowed: <allowed>")`` unless ``ok`` (the value read from ``obj``)."""
+    def need(ok: bool, field: str, allowed: str) -> None:
+        if not ok:
+            raise ConfigError(f"{kind} '{field}' = {getattr(obj, field)!r} is invalid; "
+                              f"allowed: {allowed}")
+    return need
 
 
 def _validate(c: LMCConfig) -> None:
+    need = validator("config field", c)
     for name in ("channels", "img_size", "short_len", "long_len", "out_len", "memory_slots",
                  "convlstm_layers", "batch_size", "iterations", "warmup_iterations",
                  "warmup_out_len", "seed"):
         v = getattr(c, name)
-        _need(isinstance(v, int) and not isinstance(v, bool), name, v, "an integer")
-    _need(c.channels in (1, 3), "channels", c.channels, "1 (grayscale) or 3 (RGB)")
-    _need(c.img_size >= IMG_MULTIPLE and c.img_size % IMG_MULTIPLE == 0, "img_size", c.img_size,
+        need(isinstance(v, int) and not isinstance(v, bool), name, "an integer")
+    need(c.channels in (1, 3), "channels", "1 (grayscale) or 3 (RGB)")
+    need(c.img_size >= IMG_MULTIPLE and c.img_size % IMG_MULTIPLE == 0, "img_size",
           f"a positive multiple of {IMG_MULTIPLE} (E_sp downsamples by 4, the C3D encoders by 16)")
-    _need(c.short_len >= MIN_CLIP_LEN, "short_len", c.short_len,
+    need(c.short_len >= MIN_CLIP_LEN, "short_len",
           f">= {MIN_CLIP_LEN} (the C3D encoders pool time by 8 over the {MIN_CLIP_LEN - 1} "
           "difference frames)")
-    _need(c.out_len >= 1, "out_len", c.out_len, ">= 1")
-    _need(MIN_CLIP_LEN <= c.long_len <= c.short_len + c.out_len, "long_len", c.long_len,
+    need(c.out_len >= 1, "out_len", ">= 1")
+    need(MIN_CLIP_LEN <= c.long_len <= c.short_len + c.out_len, "long_len",
           f"{MIN_CLIP_LEN} <= long_len <= short_len + out_len = {c.short_len + c.out_len}")
-    _need(c.memory_slots >= 1, "memory_slots", c.memory_slots, ">= 1")
-    _need(isinstance(c.width, (int, float)) and 0 < c.width <= 4, "width", c.width,
+    need(c.memory_slots >= 1, "memory_slots", ">= 1")
+    need(isinstance(c.width, (int, float)) and 0 < c.width <= 4, "width",
           "a number in (0, 4]; 1.0 is the paper's network")
-    _need(c.query in QUERY_MODES, "query", c.query, " | ".join(QUERY_MODES))
-    _need(c.output_activation in OUTPUT_ACTIVATIONS, "output_activation", c.output_activation,
+    need(c.query in QUERY_MODES, "query", " | ".join(QUERY_MODES))
+    need(c.output_activation in OUTPUT_ACTIVATIONS, "output_activation",
           " | ".join(OUTPUT_ACTIVATIONS))
-    _need(c.convlstm_layers >= 1, "convlstm_layers", c.convlstm_layers, ">= 1")
-    _need(isinstance(c.lr, (int, float)) and c.lr > 0, "lr", c.lr, "a number > 0")
-    _need(c.batch_size >= 1, "batch_size", c.batch_size, ">= 1")
-    _need(c.iterations >= 1, "iterations", c.iterations, ">= 1")
-    _need(c.warmup_iterations >= 0, "warmup_iterations", c.warmup_iterations, ">= 0")
+    need(c.convlstm_layers >= 1, "convlstm_layers", ">= 1")
+    need(isinstance(c.lr, (int, float)) and c.lr > 0, "lr", "a number > 0")
+    need(c.batch_size >= 1, "batch_size", ">= 1")
+    need(c.iterations >= 1, "iterations", ">= 1")
+    need(c.warmup_iterations >= 0, "warmup_iterations", ">= 0")
     if c.warmup_iterations > 0:
-        _need(1 <= c.warmup_out_len <= c.out_len, "warmup_out_len", c.warmup_out_len,
+        need(1 <= c.warmup_out_len <= c.out_len, "warmup_out_len",
               f"1 <= warmup_out_len <= out_len = {c.out_len} (or warmup_iterations = 0)")
 
 

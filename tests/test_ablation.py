@@ -2,6 +2,7 @@
 import pytest
 
 from lmc.experiments.ablation import DESIGNS, format_table, run_ablation
+from lmc.train import RunSettings
 from pipeline import DataError
 
 
@@ -11,29 +12,40 @@ def test_unknown_design_and_mismatched_data_fail_before_training(tmp_path, monke
     monkeypatch.setattr(lmc.train, "train", lambda *a, **k: pytest.fail("trained anyway"))
     cfg = lmc.preset("tiny")
     with pytest.raises(ValueError, match="unknown design"):
-        run_ablation(cfg, data=str(tmp_path), storage=str(tmp_path), designs=("local", "lstm"))
+        run_ablation(cfg, RunSettings(data=str(tmp_path), storage=str(tmp_path), name="a"),
+                     designs=("local", "lstm"))
     with pytest.raises(DataError, match="no manifest.json"):
-        run_ablation(cfg, data=str(tmp_path / "nothing"), storage=str(tmp_path), log=None)
+        run_ablation(cfg, RunSettings(data=str(tmp_path / "nothing"), storage=str(tmp_path),
+                                      name="a"), log=None)
+    with pytest.raises(TypeError, match="must be a RunSettings, not dict"):
+        run_ablation(cfg, {"data": str(tmp_path), "storage": str(tmp_path), "name": "a"})
 
 
 def test_ablation_job_takes_one_flag_per_config_field(load_job, monkeypatch, capsys):
     """jobs/ablation.py: config fields by their own flags (query is the ablation's to vary),
-    the designs and seeds, and the run settings passed on to every run."""
+    the designs and seeds, and the run settings of every run: a RunSettings from the flags
+    generated from its fields (the job's defaults: name "ablation", one worker), but
+    --eval-windows, the ablation's own (test windows scored)."""
     import lmc
     import lmc.experiments.ablation
 
     calls = []
     monkeypatch.setattr(lmc.experiments.ablation, "run_ablation",
-                        lambda cfg, **kw: calls.append((cfg, kw)) or [])
+                        lambda cfg, settings, **kw: calls.append((cfg, settings, kw)) or [])
     job = load_job("ablation")
     job.main(["--data", "d", "--storage", "s", "--preset", "tiny", "--iterations", "2",
               "--img-size", "32", "--memory-slots", "8", "--lr", "1e-3", "--designs", "none",
-              "local", "--seeds", "1", "2", "--checkpoint-every", "2", "--num-workers", "1"])
-    [(cfg, kw)] = calls
+              "local", "--seeds", "1", "2", "--checkpoint-every", "2", "--eval-windows", "5"])
+    [(cfg, settings, kw)] = calls
     assert cfg == lmc.preset("tiny", iterations=2, img_size=32, memory_slots=8, lr=1e-3)
-    assert (kw["data"], kw["storage"], kw["designs"], kw["seeds"]) == ("d", "s", ["none", "local"],
-                                                                        [1, 2])
-    assert kw["run_settings"] == {"num_workers": 1, "use_gpu": False, "checkpoint_every": 2}
+    assert (kw["designs"], kw["seeds"], kw["eval_windows"]) == (["none", "local"], [1, 2], 5)
+    assert settings == RunSettings(data="d", storage="s", name="ablation", num_workers=1,
+                                   checkpoint_every=2)
+    job.main(["--data", "d", "--storage", "s", "--name", "t4", "--num-workers", "2", "--gpus",
+              "--keep-checkpoints", "1", "--autocast", "bf16", "--no-artifacts"])
+    assert calls[-1][1] == RunSettings(data="d", storage="s", name="t4", num_workers=2,
+                                       use_gpu=True, num_to_keep=1, autocast="bf16",
+                                       artifacts=False)
     with pytest.raises(SystemExit):
         job.main(["--data", "d", "--storage", "s", "--query", "none"])
     assert "--query" in capsys.readouterr().err
@@ -61,10 +73,10 @@ def test_three_designs_train_the_same_budget_and_score_the_last_frames(kth_train
     from test_train import CFG, OUT, SHORT
 
     shards = kth_train_shards
-    rows = run_ablation(dataclasses.replace(CFG, iterations=2), data=shards,
-                        storage=str(tmp_path), name="t4", timing_repeats=1, log=None,
-                        run_settings=dict(num_workers=1, checkpoint_every=2, eval_windows=2,
-                                          test_windows=2))
+    rows = run_ablation(dataclasses.replace(CFG, iterations=2),
+                        RunSettings(data=shards, storage=str(tmp_path), name="t4", num_workers=1,
+                                    checkpoint_every=2, eval_windows=2, test_windows=2),
+                        timing_repeats=1, log=None)
     assert [r["design"] for r in rows] == ["none", "global", "local"]
     test_rows = read_manifest(shards)["rows"]["test"]
     for r in rows:

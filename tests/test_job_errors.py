@@ -147,6 +147,10 @@ def test_config_values_that_are_not_an_object_of_fields(tmp_path, monkeypatch):
                      "flag out for the default)"),
     (["--cpus-per-worker", "inf"], "error: run setting 'cpus_per_worker' = inf is invalid; "
                                    "allowed: a finite number > 0"),
+    (["--keep-checkpoints", "0"], "error: run setting 'num_to_keep' = 0 is invalid; "
+                                  "allowed: >= 1"),
+    (["--channels", "2"], "error: config field 'channels' = 2 is invalid; allowed: 1 "
+                          "(grayscale) or 3 (RGB)"),
 ])
 def test_training_flags_that_cannot_name_a_run_are_one_line(tmp_path, load_job, flags, expect):
     """Checked before the run: `--name ''` would otherwise fall back to the default name, and

@@ -9,7 +9,7 @@ from lmc.train import RunSettings
 from lmc.train.checkpoints import RunCheckpoints
 from lmc.train.hooks import TraceParameters, _digest
 from lmc.train.plain import train_plain
-from lmc.train.run import storage_location
+from lmc.train.run_folder import storage_location
 from test_train import CFG, OUT, SHORT
 
 

@@ -9,7 +9,7 @@ import pytest
 
 import lmc
 from lmc.train.placement import check_placement, worker_resources
-from lmc.train.run import RunSettings
+from lmc.train.settings import RunSettings
 from local_cluster import free_port
 from pipeline.cluster import cluster_address, probe
 

@@ -25,7 +25,7 @@ from lmc.train import RunFailedError, train
 from lmc.train.checkpoints import RunCheckpoints
 from lmc.train.hooks import Hook, TraceParameters, _digest
 from lmc.train.lease import FENCE_S, LEASE_FILE
-from lmc.train.run import storage_location
+from lmc.train.run_folder import storage_location
 from test_train import CFG, settings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -20,7 +20,8 @@ from lmc.train.checkpoints import RunCheckpoints, checkpoint_name
 from lmc.train.control import deterministic
 from lmc.train.lease import (LEASE_FILE, Holder, LeaseLost, LeaseWatch, RunLease,
                              RunLockedError, read_holder)
-from lmc.train.run import RunSettings, storage_location
+from lmc.train.run_folder import storage_location
+from lmc.train.settings import RunSettings
 
 CFG = lmc.preset("tiny", img_size=32, short_len=9, out_len=3, long_len=10, width=0.0625,
                  memory_slots=8, batch_size=4, iterations=4)

@@ -112,6 +112,96 @@ def test_train_job_flags_make_the_config(load_job, tmp_path):
     assert (args.checkpoint_every, args.num_workers, args.eval_windows) == (2, 1, 4)
 
 
+def test_train_job_flags_make_exactly_the_run_settings_of_the_hand_written_flags(
+        load_job, monkeypatch, tmp_path):
+    """The run-settings flags are generated from RunSettings' fields; a typical command line
+    (the submitted one above, plus the flags users give) makes exactly the RunSettings that
+    the hand-written flags made, ``--gpus`` and ``--keep-checkpoints`` included."""
+    import lmc.train.driver
+    from lmc.train import RunSettings
+
+    got = []
+    monkeypatch.setattr(lmc.train.driver, "train",
+                        lambda cfg, settings, **kw: got.append((cfg, settings, kw)) or {})
+    job = load_job("train_kth")
+    job.main(_train_argv("shards", tmp_path))
+    job.main(_train_argv("shards", tmp_path) + [
+        "--gpus", "--keep-checkpoints", "5", "--cpus-per-worker", "0.5", "--placement-strategy",
+        "STRICT_SPREAD", "--eval-every", "3", "--protocol", "9-3", "--max-failures", "-1",
+        "--autocast", "bf16", "--compile", "--memory-format", "contiguous",
+        "--allow-change", "lr", "--force-unlock"])
+    job.main(["--data", "shards", "--preset", "tiny"])
+    (cfg, plain, _), (_, full, kw), (_, defaults, _) = got
+    assert cfg == CFG
+    assert plain == RunSettings(data="shards", storage=str(tmp_path), name="job", num_workers=1,
+                                checkpoint_every=2, eval_windows=4, test_windows=4)
+    assert full == RunSettings(data="shards", storage=str(tmp_path), name="job", num_workers=1,
+                               use_gpu=True, cpus_per_worker=0.5,
+                               placement_strategy="STRICT_SPREAD", checkpoint_every=2,
+                               eval_every=3, eval_windows=4, test_windows=4, protocol="9-3",
+                               max_failures=-1, num_to_keep=5, autocast="bf16", compile=True,
+                               memory_format="contiguous")
+    assert (kw["allow_change"], kw["force_unlock"]) == (("lr",), True)
+    # the defaults are RunSettings' own (storage "runs" and the name are the job's)
+    assert defaults == RunSettings(data="shards", storage="runs", name="kth-tiny")
+
+
+def test_every_run_setting_has_a_flag_named_after_it():
+    """One flag per RunSettings field: ``--<field with dashes>`` (``--gpus`` and
+    ``--keep-checkpoints``, the names users know, for the fields named as Ray names them), its
+    type, choices and default from the field; a value given to it reaches the field."""
+    import dataclasses
+
+    from lmc.cli import settings_flag, settings_from_args
+    from lmc.train import RunSettings
+    from lmc.train.cli import build_parser
+
+    fields = dataclasses.fields(RunSettings)
+    assert {f.name: settings_flag(f) for f in fields
+            if settings_flag(f) != "--" + f.name.replace("_", "-")} == {
+        "use_gpu": "--gpus", "num_to_keep": "--keep-checkpoints"}
+    parser = build_parser("kth")
+    base = ["--data", "d", "--storage", "s", "--name", "n"]
+    defaults = settings_from_args(parser.parse_args(base), RunSettings)
+    assert defaults == RunSettings(data="d", storage="s", name="n")
+    for f in fields:
+        default = getattr(defaults, f.name)
+        if f.type == "bool":
+            argv = [settings_flag(f) if not default else "--no-" + settings_flag(f)[2:]]
+            value = not default
+        elif "choices" in f.metadata:
+            value = next(c for c in f.metadata["choices"] if c != default)
+            argv = [settings_flag(f), value]
+        else:
+            value = ({"str": "x", "str | None": "10-40", "float": 0.25}[f.type]
+                     if "int" not in f.type else 3 if default is None else default + 1)
+            argv = [settings_flag(f), str(value)]
+        args = parser.parse_args(base + argv)          # (a later --data/--storage/--name wins)
+        assert getattr(settings_from_args(args, RunSettings), f.name) == value, f.name
+
+
+def test_one_error_format_for_config_run_and_sweep_settings():
+    """One validator (``lmc.config.validator``) behind the config, the run settings and the
+    sweep's: ``<kind> '<field>' = <value!r> is invalid; allowed: <allowed>``."""
+    import lmc
+    from lmc.experiments.sweep import SweepSettings, sweep_run
+    from lmc.train import RunSettings
+
+    def error(make) -> str:
+        with pytest.raises(lmc.ConfigError) as e:
+            make()
+        return str(e.value)
+
+    assert error(lambda: lmc.preset("tiny", channels=2)) == (
+        "config field 'channels' = 2 is invalid; allowed: 1 (grayscale) or 3 (RGB)")
+    assert error(lambda: RunSettings(data="d", storage="s", name="n", num_to_keep=0)) == (
+        "run setting 'num_to_keep' = 0 is invalid; allowed: >= 1")
+    assert error(lambda: RunSettings(data="d", storage="s", name="n", autocast="fp16")) == (
+        "run setting 'autocast' = 'fp16' is invalid; allowed: none | bf16")
+    assert error(lambda: SweepSettings(sweep_run(data="d", storage="s"), num_samples=0)) == (
+        "sweep setting 'num_samples' = 0 is invalid; allowed: an integer >= 1")
+
+
 @pytest.mark.parametrize("dataset, argv", [("kth", ["--input", "kth", "--output", "out"]),
                                            ("mmnist", ["--output", "out"])])
 def test_prepare_job_defaults_fit_the_train_job_preset(dataset, argv, load_job):

@@ -1,13 +1,16 @@
 """Ray Tune sweep: the space is filtered before Ray; the tune jobs' flags; a tiny real sweep
 whose ASHA stops a trial (on the session's Moving-MNIST shards)."""
 import csv
+import dataclasses
 import json
 
 import pytest
 
 import lmc
-from lmc.experiments.sweep import (SweepSettings, SweepSpace, SweepSpaceError, check_space,
-                                   expand_space, max_concurrent, sweep)
+from lmc.experiments.sweep import (SWEEP_RUN_DEFAULTS, SweepSettings, SweepSpace,
+                                   SweepSpaceError, check_space, expand_space, max_concurrent,
+                                   sweep, sweep_run)
+from lmc.train import RunSettings
 from pipeline import DataError, DatasetFacts
 
 BASE = dict(img_size=32, short_len=10, long_len=12, out_len=4, width=0.0625, memory_slots=8,
@@ -74,7 +77,49 @@ def test_tune_job_flags_lists_for_the_swept_fields_one_value_for_the_others(load
     assert cfg == lmc.preset("tiny", img_size=32, out_len=10, iterations=8)
     assert (list(space.memory_slots), list(space.long_len), list(space.short_len),
             list(space.lr), space.lr_log_uniform) == ([4, 8], [9, 12], [10], [1e-4, 1e-3], True)
-    assert (settings.data, settings.storage, settings.name) == ("d", "s", "sw")
+    # the sweep holds the trials' RunSettings, its flags generated from RunSettings' fields
+    # with the sweep's defaults, and its own flags from SweepSettings'
+    assert settings == SweepSettings(sweep_run(data="d", storage="s", name="sw"))
+    assert settings.run == RunSettings(data="d", storage="s", name="sw", num_workers=1,
+                                       eval_every=10, eval_windows=16, max_failures=1,
+                                       num_to_keep=1, artifacts=False)
+    job.main(["--data", "d", "--storage", "s", "--num-workers", "2", "--gpus",
+              "--cpus-per-worker", "0.5", "--eval-every", "5", "--eval-windows", "8",
+              "--autocast", "bf16", "--num-samples", "3", "--max-concurrent-trials", "2",
+              "--metric", "val_psnr", "--grace-period", "4", "--reduction-factor", "3",
+              "--trial-retries", "0", "--search-seed", "7"])
+    settings = calls[-1][2]
+    assert settings == SweepSettings(
+        sweep_run(data="d", storage="s", num_workers=2, use_gpu=True, cpus_per_worker=0.5,
+                  eval_every=5, eval_windows=8, autocast="bf16"),
+        num_samples=3, max_concurrent_trials=2, metric="val_psnr", grace_period=4,
+        reduction_factor=3, trial_retries=0, search_seed=7)
+    assert settings.run.name == "sweep"
+    # a trial's run: in the sweep's folder, a checkpoint per validation, the final test on
+    # the validation's windows (unless set)
+    trial = settings.trial(100, "s/sweep", "train-1")
+    assert (trial.storage, trial.name, trial.checkpoint_every, trial.test_windows) == (
+        "s/sweep", "train-1", 5, 8)
+    assert dataclasses.replace(trial, storage="s", name="sweep", checkpoint_every=None,
+                               test_windows=None) == settings.run
+
+
+def test_sweep_settings_errors_have_the_one_format():
+    run = sweep_run(data="d", storage="s")
+    assert (run.num_workers, run.eval_every, run.name) == (SWEEP_RUN_DEFAULTS["num_workers"],
+                                                          10, "sweep")
+    with pytest.raises(lmc.ConfigError) as e:
+        SweepSettings(run, reduction_factor=1)
+    assert str(e.value) == ("sweep setting 'reduction_factor' = 1 is invalid; allowed: an "
+                            "integer >= 2")
+    with pytest.raises(lmc.ConfigError, match=r"^sweep setting 'metric' = 'mse' is invalid; "
+                                              r"allowed: None .* val_mse \| val_mae"):
+        SweepSettings(run, metric="mse")
+    with pytest.raises(lmc.ConfigError, match=r"^sweep setting 'run' = \{'data': 'd'\} is "
+                                              r"invalid; allowed: a RunSettings"):
+        SweepSettings({"data": "d"})
+    with pytest.raises(lmc.ConfigError, match=r"^run setting 'name' = 'a/b' is invalid; "):
+        sweep_run(data="d", storage="s", name="a/b")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -110,7 +155,7 @@ def test_invalid_space_fails_before_any_ray_work(shards, tmp_path, monkeypatch):
     monkeypatch.setattr(tune, "Tuner", lambda *a, **k: pytest.fail("started a Tuner"))
     with pytest.raises(SweepSpaceError, match="no valid combination"):
         sweep(base_cfg(), SweepSpace(long_len=(20, 40)),
-              SweepSettings(data=shards, storage=str(tmp_path)), log=None)
+              SweepSettings(sweep_run(data=shards, storage=str(tmp_path))), log=None)
     assert not (tmp_path / "sweep").exists()
 
 
@@ -121,9 +166,9 @@ def test_tiny_sweep_asha_stops_the_worse_trial(shards, tmp_path):
     import ray
     _PGS_BEFORE.update(ray.util.placement_group_table())
     space = SweepSpace(memory_slots=(8,), long_len=(12,), lr=(1e-2, 1e-7), lr_log_uniform=False)
-    settings = SweepSettings(data=shards, storage=str(tmp_path), name="sw", eval_every=1,
-                             eval_windows=4, grace_period=1, reduction_factor=2,
-                             max_concurrent_trials=1, cpus_per_worker=1.0)
+    settings = SweepSettings(sweep_run(data=shards, storage=str(tmp_path), name="sw",
+                                       eval_every=1, eval_windows=4, cpus_per_worker=1.0),
+                             grace_period=1, reduction_factor=2, max_concurrent_trials=1)
     result = sweep(base_cfg(iterations=3), space, settings, log=None)
     rows = result["trials"]
     assert len(rows) == 2 and result["metric"] == "val_mse"

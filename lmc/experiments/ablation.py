@@ -2,8 +2,9 @@
 last 10 of the future frames, with the inference cost of each.
 
     from lmc.experiments.ablation import run_ablation
-    rows = run_ablation(lmc.preset("paper-kth"), data="shards/kth", storage="runs",
-                        name="table4")
+    from lmc.train import RunSettings
+    rows = run_ablation(lmc.preset("paper-kth"),
+                        RunSettings(data="shards/kth", storage="runs", name="table4"))
 
 Each design is one Ray Train run of the training driver (``lmc.train.train``) with the same
 config except ``query``: "none" (Model w/o LMC-Memory), "global" (LMC-Memory with a non-local,
@@ -27,6 +28,11 @@ from ..config import LMCConfig
 from ..model import LMCModel
 from ..protocols import last_n_protocol
 from ..tools.evaluate import evaluate
+from ..train.settings import RunSettings
+
+# The ablation job's own run defaults (over RunSettings'): runs <storage>/ablation-<design>, one
+# worker each.
+ABLATION_RUN_DEFAULTS = {"name": "ablation", "num_workers": 1}
 
 DESIGNS = {
     "none": "Model w/o LMC-Memory",
@@ -53,41 +59,45 @@ def _local_checkpoint(run_uri: str, tmp: str) -> str:
     return tmp
 
 
-def run_ablation(cfg: LMCConfig, *, data: str, storage: str, name: str = "ablation",
-                 designs=tuple(DESIGNS), seeds=None, last: int = 10,
-                 eval_windows: int | None = None, batch_size: int = 8, timing_repeats: int = 10,
-                 run_settings: dict | None = None, address: str | None = None,
+def run_ablation(cfg: LMCConfig, settings: RunSettings, *, designs=tuple(DESIGNS), seeds=None,
+                 last: int = 10, eval_windows: int | None = None, batch_size: int = 8,
+                 timing_repeats: int = 10, address: str | None = None,
                  log=print) -> list[dict]:
-    """Train ``cfg`` once per query design (runs ``<storage>/<name>-<design>``), or once per
-    design and seed (``seeds``: runs ``<name>-<design>-s<seed>``, config field ``seed``), evaluate
-    the final checkpoints on the last ``last`` future frames, and return one row per run:
+    """Train ``cfg`` once per query design, or once per design and seed (``seeds``, config
+    field ``seed``), each run with ``settings`` but its name: ``<storage>/<name>-<design>``
+    (``-s<seed>`` with seeds). Then evaluate the final checkpoints on the last ``last`` future
+    frames (at most ``eval_windows`` test windows) and return one row per run:
     {"design", "query", "seed", "label", "run", "protocol", "mean": {metric: value}, "lpips",
      "baselines", "verdict" (per baseline, metric by metric), "inference_s", "parameters"}.
-    ``run_settings``: extra ``RunSettings`` fields (num_workers, checkpoint_every, ...). Finished
-    runs are resumed, i.e. not trained again."""
+    Finished runs are resumed, i.e. not trained again."""
     from pipeline import DatasetFacts
 
-    from ..train import RunSettings, train, validate
+    from ..train import train, validate
+
+    if not isinstance(settings, RunSettings):
+        raise TypeError(f"run_ablation: settings must be a RunSettings, not "
+                        f"{type(settings).__name__}")
 
     unknown = [d for d in designs if d not in DESIGNS]
     if unknown:
         raise ValueError(f"unknown design(s) {unknown}; allowed: {', '.join(DESIGNS)}")
+    data = settings.data
     horizon = DatasetFacts.read(data).test_window_len - cfg.short_len
     protocol = last_n_protocol(cfg.short_len, horizon, last)
     runs = [(d, s) for s in (seeds or [None]) for d in designs]
     configs = {(d, s): dataclasses.replace(cfg, query=d, **({} if s is None else {"seed": s}))
                for d, s in runs}                                  # validated here, up front
-    settings = {(d, s): RunSettings(data=data, storage=storage,
-                                    name=f"{name}-{d}" + ("" if s is None else f"-s{s}"),
-                                    **(run_settings or {})) for d, s in runs}
+    run_settings = {(d, s): dataclasses.replace(
+        settings, name=f"{settings.name}-{d}" + ("" if s is None else f"-s{s}")) for d, s in runs}
     for key in runs:     # every run's config, data and storage checked before any training
-        validate(configs[key], settings[key])
+        validate(configs[key], run_settings[key])
     rows = []
     for d, seed in runs:
         if log:
             log(f"== {DESIGNS[d]} (query={d}, seed {configs[d, seed].seed}): "
                 f"{configs[d, seed].iterations} iterations ==")
-        metrics = train(configs[d, seed], settings[d, seed], address=address, verbose=bool(log))
+        metrics = train(configs[d, seed], run_settings[d, seed], address=address,
+                        verbose=bool(log))
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = _local_checkpoint(metrics["run"], tmp)
             rep = evaluate(ckpt, data, protocols=[protocol], batch_size=batch_size,

@@ -1,8 +1,12 @@
 """Ray Tune sweep of the memory slot size, the clip lengths and the learning rate.
 
-    from lmc.experiments.sweep import SweepSpace, SweepSettings, sweep
+    from lmc.experiments.sweep import SweepSpace, SweepSettings, sweep, sweep_run
     result = sweep(lmc.preset("paper-kth"), SweepSpace(memory_slots=(25, 50, 100, 200)),
-                   SweepSettings(data="shards/kth", storage="runs", name="kth-sweep"))
+                   SweepSettings(sweep_run(data="shards/kth", storage="runs", name="kth-sweep")))
+
+``SweepSettings.run`` is a ``RunSettings``: the sweep's data, its folder (``<storage>/<name>``)
+and the settings of every trial's run (``sweep_run``: one worker, a validation every 10
+iterations, ... unless given); each trial trains in ``<storage>/<name>/train-<trial id>``.
 
 Every trial is one Ray Train run of the training driver (``lmc.train``): the Tune trial is only
 the *driver* of a ``TorchTrainer`` whose workers run ``lmc.train.trainer`` (Ray
@@ -37,12 +41,13 @@ import itertools
 import json
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 from ..baselines import BASELINES, JUDGED_METRICS, beats_every_baseline, verdict, verdict_line
-from ..config import ConfigError, LMCConfig
+from ..config import ConfigError, LMCConfig, validator
 from ..plots import plot_sweep
+from ..train.settings import RunSettings
 
 RESULTS_FILE, BEST_FILE, PLOT_FILE = "results.csv", "best_config.json", "sweep.png"
 # A trial only drives its Train run (the workers hold the real resources); Tune needs a
@@ -74,35 +79,67 @@ class SweepSpace:
                                   "with 0 < low < high; or set lr_log_uniform=False for a list")
 
 
+# A sweep's trials, unless told otherwise: one worker each, a validation (an ASHA decision point,
+# and a checkpoint: ``checkpoint_every`` None follows ``eval_every``) every 10 iterations on 16
+# windows, the final test on as many (``test_windows`` None follows ``eval_windows``), one
+# restart, the newest checkpoint kept, no plots; the sweep's folder is <storage>/sweep.
+SWEEP_RUN_DEFAULTS = {"name": "sweep", "num_workers": 1, "eval_every": 10, "eval_windows": 16,
+                      "max_failures": 1, "num_to_keep": 1, "artifacts": False}
+METRICS = ("val_mse", "val_mae", "val_psnr", "val_ssim", "val_lpips")
+
+
+def sweep_run(**fields) -> RunSettings:
+    """The ``RunSettings`` of a sweep: ``fields`` (``data`` and ``storage`` at least) over the
+    sweep's defaults (``SWEEP_RUN_DEFAULTS``)."""
+    return RunSettings(**{**SWEEP_RUN_DEFAULTS, **fields})
+
+
 @dataclass(frozen=True)
 class SweepSettings:
-    """Where the sweep reads and writes, and how trials are scheduled."""
+    """Where the sweep reads and writes, how its trials train (``run``: its data, storage and
+    name, the settings of every trial's run) and how Tune schedules them."""
 
-    data: str
-    storage: str
-    name: str = "sweep"
-    num_samples: int = 1              # learning rates drawn per (slots, short, long) combination
-    num_workers: int = 1              # Ray Train workers per trial
-    cpus_per_worker: float = 1.0
-    use_gpu: bool = False
-    max_concurrent_trials: int | None = None   # None: from the cluster's resources
-    metric: str | None = None         # None: "val_lpips" when LPIPS is available, else "val_mse"
-    eval_every: int = 10              # validation (and an ASHA decision point) every K iterations
-    eval_windows: int = 16
-    grace_period: int | None = None   # ASHA: iterations before a trial can be stopped (None: eval_every)
-    reduction_factor: int = 2
-    trial_retries: int = 1            # Tune re-runs a failed trial this many times
-    max_failures: int = 1             # Ray Train worker-group restarts inside one trial
-    seed: int = 0                     # the search's random draws (lr)
+    run: RunSettings
+    num_samples: int = field(default=1, metadata={
+        "help": "repeats of the grid (learning rates drawn per (slots, short, long) "
+                "combination)"})
+    max_concurrent_trials: int | None = field(default=None, metadata={
+        "help": "trials at once", "when_none": "from the cluster's resources"})
+    metric: str | None = field(default=None, metadata={
+        "choices": METRICS, "help": "what ASHA and the ranking judge",
+        "when_none": "val_lpips when LPIPS is available, else val_mse"})
+    grace_period: int | None = field(default=None, metadata={
+        "help": "ASHA: iterations before a trial can be stopped",
+        "when_none": "the validation interval"})
+    reduction_factor: int = field(default=2, metadata={"help": "ASHA's reduction factor"})
+    trial_retries: int = field(default=1, metadata={
+        "help": "Tune re-runs a failed trial this many times (--max-failures: worker-group "
+                "restarts inside one trial)"})
+    search_seed: int = field(default=0, metadata={"help": "seed of the search's lr draws"})
 
     def __post_init__(self):
-        for n in ("num_samples", "num_workers", "eval_every", "eval_windows"):
-            if not isinstance(getattr(self, n), int) or getattr(self, n) < 1:
-                raise ConfigError(f"sweep setting {n!r} = {getattr(self, n)!r}: an integer >= 1")
-        if self.reduction_factor < 2:
-            raise ConfigError(f"sweep setting 'reduction_factor' = {self.reduction_factor}: >= 2")
-        if "/" in self.name or not self.name:
-            raise ConfigError(f"sweep setting 'name' = {self.name!r}: a folder name without '/'")
+        need = validator("sweep setting", self)
+        need(isinstance(self.run, RunSettings), "run", "a RunSettings (sweep_run(...))")
+        need(isinstance(self.num_samples, int) and self.num_samples >= 1, "num_samples",
+             "an integer >= 1")
+        for n in ("max_concurrent_trials", "grace_period"):
+            v = getattr(self, n)
+            need(v is None or (isinstance(v, int) and v >= 1), n, "None or an integer >= 1")
+        need(isinstance(self.reduction_factor, int) and self.reduction_factor >= 2,
+             "reduction_factor", "an integer >= 2")
+        need(isinstance(self.trial_retries, int) and self.trial_retries >= -1, "trial_retries",
+             ">= 0, or -1 for unlimited")
+        need(self.metric is None or self.metric in METRICS, "metric",
+             "None (val_lpips when LPIPS is available, else val_mse) or " + " | ".join(METRICS))
+
+    def trial(self, iterations: int, storage: str, name: str) -> RunSettings:
+        """The run of one trial, in ``storage`` (the sweep's folder): a checkpoint at each
+        validation and the final test on the validation's windows unless set."""
+        r = self.run
+        return dataclasses.replace(
+            r, storage=storage, name=name,
+            checkpoint_every=r.checkpoint_every or r.eval_interval(iterations),
+            test_windows=r.test_windows or r.eval_windows)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -155,29 +192,23 @@ def max_concurrent(resources: dict, num_workers: int, cpus_per_worker: float,
 # ---------------------------------------------------------------------------------------------
 # one trial: a Ray Train run
 
-def _trial(config: dict, *, base: dict, settings: dict, trial_storage: str,
+def _trial(config: dict, *, base: dict, settings: SweepSettings, trial_storage: str,
            s3_env: dict) -> None:
     """Tune function trainable: build the trial's config and run it as a Ray Train run."""
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from ..train import RunSettings, train
+    from ..train import train
 
     os.environ.update(s3_env)    # the sweep driver's S3 settings (object store, not logged)
 
     cfg = LMCConfig.from_dict({**base, **config["combo"], "lr": float(config["lr"])})
-    s = SweepSettings(**settings)
     # Trials queue for workers on a busy cluster: give the worker group longer than Ray
     # Train's 60 s default to start (an explicit setting in the environment wins).
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "600")
     trial_id = ray.tune.get_context().get_trial_id()
-    run_settings = RunSettings(
-        data=s.data, storage=trial_storage, name=f"train-{trial_id}", num_workers=s.num_workers,
-        use_gpu=s.use_gpu, cpus_per_worker=s.cpus_per_worker,
-        checkpoint_every=s.eval_every, eval_every=s.eval_every, eval_windows=s.eval_windows,
-        test_windows=s.eval_windows, max_failures=s.max_failures, num_to_keep=1,
-        artifacts=False)
-    train(cfg, run_settings, callbacks=[TuneReportCallback()], verbose=False)
+    train(cfg, settings.trial(cfg.iterations, trial_storage, f"train-{trial_id}"),
+          callbacks=[TuneReportCallback()], verbose=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -203,25 +234,21 @@ def sweep(base: LMCConfig, space: SweepSpace, settings: SweepSettings, *,
     from pipeline.storage import s3_environment
 
     from ..metrics import lpips_status
-    from ..train import RunSettings, check, check_storage, storage_location
+    from ..train import check, check_storage, storage_location
 
-    facts = DatasetFacts.read(settings.data)
+    run = settings.run
+    facts = DatasetFacts.read(run.data)
     combos = check_space(base, space, facts)
     _, rejected = expand_space(base, space, facts)
     metric = settings.metric or ("val_lpips" if lpips_status()[0] else "val_mse")
-    if not metric.startswith("val_"):
-        raise ConfigError(f"sweep metric {metric!r}: one of val_mse, val_mae, val_psnr, "
-                          "val_ssim, val_lpips")
     mode = "max" if metric in ("val_psnr", "val_ssim") else "min"
     iterations = base.iterations
-    root = storage_location(settings.storage)
-    exp = check_storage(root.child(settings.name).uri)
+    root = storage_location(run.storage)
+    exp = check_storage(root.child(run.name).uri)
     trial_storage = exp.uri
     # The training driver's own read-only checks, on the first combination.
     check(dataclasses.replace(base, **combos[0]),
-          RunSettings(data=settings.data, storage=trial_storage, name="train-check",
-                      num_workers=settings.num_workers, cpus_per_worker=settings.cpus_per_worker,
-                      use_gpu=settings.use_gpu))
+          settings.trial(iterations, trial_storage, "train-check"))
     if log:
         log(f"sweep {exp.uri}: {len(combos)} combination(s) x {settings.num_samples} lr "
             f"sample(s), metric {metric} ({mode}), {iterations} iterations per trial")
@@ -234,24 +261,24 @@ def sweep(base: LMCConfig, space: SweepSpace, settings: SweepSettings, *,
 
     connect(address, configure_logging=False)
     concurrent = settings.max_concurrent_trials or max_concurrent(
-        ray.cluster_resources(), settings.num_workers, settings.cpus_per_worker,
-        settings.use_gpu)
+        ray.cluster_resources(), run.num_workers, run.cpus_per_worker, run.use_gpu)
     # max_t one past the budget: a trial that finishes returns from fit() by itself (its Train
     # controller removes its placement group) instead of being stopped by ASHA at max_t.
     scheduler = ASHAScheduler(time_attr="iteration", max_t=iterations + 1,
-                              grace_period=settings.grace_period or settings.eval_every,
+                              grace_period=settings.grace_period or run.eval_interval(iterations),
                               reduction_factor=settings.reduction_factor)
     trainable = tune.with_parameters(_trial, base=base.to_dict(),
-                                     settings=dataclasses.asdict(settings),
+                                     settings=settings,
                                      trial_storage=trial_storage, s3_env=s3_environment())
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"cpu": TRIAL_DRIVER_CPU}),
         param_space=_search_space(combos, space),
         tune_config=tune.TuneConfig(metric=metric, mode=mode, scheduler=scheduler,
                                     num_samples=settings.num_samples,
-                                    search_alg=_seeded_search(settings.seed, concurrent)),
+                                    search_alg=_seeded_search(settings.search_seed,
+                                                              concurrent)),
         run_config=tune.RunConfig(
-            name=settings.name, storage_path=root.root,
+            name=run.name, storage_path=root.root,
             storage_filesystem=None if root.is_local else root.fs,
             failure_config=tune.FailureConfig(max_failures=settings.trial_retries),
             verbose=1 if log else 0),

@@ -1,7 +1,8 @@
 """Training on Ray Train: where Ray lives (with ``lmc.experiments``); the paper's code it drives
 (``lmc.model``, ``lmc.alignment``, ...) stays plain PyTorch.
 
-    run.py          RunSettings, the run folder's names, storage (no Ray)
+    settings.py     RunSettings: what a run reads and writes, how it is scheduled (no Ray)
+    run_folder.py   the run folder's file names, its storage location, StorageError (no Ray)
     checkpoints.py  the run's verified checkpoints: commit, choose the newest, prune (no Ray)
     lease.py        one live job per run folder: the lease, its heartbeat, the workers' fence
     driver.py       check / validate a run, then ``train``: a TorchTrainer over the shards
@@ -16,7 +17,8 @@ from pipeline import DataError
 
 from .driver import Plan, RunFailedError, RunStopped, check, check_storage, train, validate
 from .lease import RunLockedError
-from .run import RunSettings, StorageError, latest_checkpoint, storage_location
+from .run_folder import StorageError, latest_checkpoint, storage_location
+from .settings import RunSettings
 
 __all__ = ["train", "validate", "check", "check_storage", "Plan", "RunSettings", "DataError",
            "StorageError", "RunFailedError", "RunStopped", "RunLockedError", "latest_checkpoint",

@@ -1,7 +1,8 @@
 """Command line of the training jobs (`jobs/train_kth.py`, `train_mmnist.py`, `train_h36m.py`).
 
-Each job is `run("kth", argv)`: the flags below, a config from a preset plus the config flags
-every job shares (`lmc.cli`, validated once), the run settings, and `lmc.train.train`. Without
+Each job is `run("kth", argv)`: one flag per run setting (generated from ``RunSettings``'
+fields, ``lmc.cli.add_settings_flags``), a config from a preset plus the config flags every job
+shares (`lmc.cli`, validated once), a few flags of the job's own, and `lmc.train.train`. Without
 `--data`, the KTH and Moving-MNIST jobs make a small synthetic dataset in a local cache and
 train a small model on it (`DEMO`): the demo that runs on a laptop in minutes.
 """
@@ -12,9 +13,9 @@ import os
 
 from pipeline.cluster import add_address_flag
 
-from ..cli import add_config_flags, config_from_args
+from ..cli import add_config_flags, add_settings_flags, config_from_args, settings_from_args
 from ..config import ConfigError, LMCConfig
-from .run import AUTOCAST_MODES, MEMORY_FORMATS, PLACEMENT_STRATEGIES, RunSettings
+from .settings import RunSettings
 
 DATASETS = {  # dataset -> paper preset
     "kth": "paper-kth", "mmnist": "paper-mmnist", "h36m": "paper-h36m"}
@@ -32,28 +33,17 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
         description=f"Train LMC-Memory on {dataset} with Ray Train (DDP). Without --data: a "
                     "synthetic demo dataset in the local cache and a small model."
                     if dataset != "h36m" else "Train LMC-Memory on Human3.6M with Ray Train.")
-    p.add_argument("--data", help="clip-pair shards (path or s3://) from jobs/prepare_*.py")
-    p.add_argument("--storage", default="runs", help="run storage root (path or s3://)")
-    p.add_argument("--name", help="run name; the same name resumes (default: <dataset>-<preset>)")
+    add_settings_flags(p, RunSettings, title="run settings", defaults={
+        "data": None, "storage": "runs", "name": None}, helps={
+        "data": "clip-pair shards (path or s3://) from jobs/prepare_*.py"
+                + (" (default: synthetic demo data in the local cache)" if dataset in DEMO
+                   else ""),
+        "name": "run name; the same name and storage resume the run (default: "
+                "<dataset>-<preset>)"})
     add_address_flag(p)
-    p.add_argument("--num-workers", type=int, default=2)
-    p.add_argument("--gpus", action="store_true", help="one GPU per worker (NCCL)")
-    p.add_argument("--cpus-per-worker", type=float, default=1.0)
-    p.add_argument("--placement-strategy", choices=PLACEMENT_STRATEGIES, default="PACK",
-                   help="where the workers go: PACK (few nodes), SPREAD (many), STRICT_SPREAD "
-                        "(one node each), STRICT_PACK (one node)")
     add_config_flags(p, default_preset=None, preset_help=(
         f"{DATASETS[dataset]}; " + (f"{DEMO[dataset][0]} at 32x32 without --data" if dataset in DEMO
                                     else "")).rstrip("; "))
-    p.add_argument("--checkpoint-every", type=int,
-                   help="iterations between checkpoints (default: a third of the run, at most 1000)")
-    p.add_argument("--eval-every", type=int, help="iterations between validations")
-    p.add_argument("--eval-windows", type=int, default=32, help="test windows per validation")
-    p.add_argument("--test-windows", type=int, help="cap on the final test evaluation")
-    p.add_argument("--protocol", help="evaluation protocol, e.g. 10-40 (default: the test windows')")
-    p.add_argument("--max-failures", type=int, default=3,
-                   help="worker-group restarts after a worker or node dies (deterministic "
-                        "errors: data, checkpoint, config, storage, are never retried)")
     p.add_argument("--allow-change", metavar="FIELD[,FIELD]", default="",
                    help="resume even though these config fields (or 'data') differ from the "
                         "run's checkpoint; applied from the resumed iteration on (the "
@@ -62,14 +52,6 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
                    help="take the run folder's lease even if another job seems to hold it "
                         "(only when that job is surely gone; a lease without a heartbeat for "
                         "60 s is taken over automatically)")
-    p.add_argument("--keep-checkpoints", type=int, default=2)
-    p.add_argument("--autocast", choices=AUTOCAST_MODES, default="none",
-                   help="bf16 autocast for the training steps: GPUs, or CPUs with AVX512-BF16 "
-                        "or AMX (1.65x here); elsewhere bf16 is emulated and slower")
-    p.add_argument("--compile", action="store_true", help="torch.compile (GPU)")
-    p.add_argument("--memory-format", choices=MEMORY_FORMATS, default="channels_last",
-                   help="layout of the 2D convs' weights and activations (default: "
-                        "channels_last, the faster one on CPU and on tensor cores)")
     p.add_argument("--trace-parameters", metavar="DIR",
                    help="debugging: each rank writes hashes of its parameters after every "
                         "optimizer step to DIR/rank<r>-start<i>.json (DDP replicas must agree)")
@@ -119,16 +101,10 @@ def run(dataset: str, argv=None) -> dict:
         raise ConfigError("--name '': a run name must be a non-empty folder name (leave the "
                           "flag out for the default)")
     cfg = model_config(args, dataset)
-    settings = RunSettings(      # validated before any data is made or Ray starts
-        data=args.data or "(demo data)", storage=args.storage,
+    settings = settings_from_args(   # validated before any data is made or Ray starts
+        args, RunSettings, data=args.data or "(demo data)",
         name=args.name or (f"{dataset}-{args.preset}" if args.preset else
-                           f"{dataset}-{DATASETS[dataset]}" if args.data else f"{dataset}-demo"),
-        num_workers=args.num_workers, use_gpu=args.gpus, cpus_per_worker=args.cpus_per_worker,
-        placement_strategy=args.placement_strategy,
-        checkpoint_every=args.checkpoint_every, eval_every=args.eval_every,
-        eval_windows=args.eval_windows, test_windows=args.test_windows, protocol=args.protocol,
-        max_failures=args.max_failures, num_to_keep=args.keep_checkpoints,
-        autocast=args.autocast, compile=args.compile, memory_format=args.memory_format)
+                           f"{dataset}-{DATASETS[dataset]}" if args.data else f"{dataset}-demo"))
     if args.data is None:
         import dataclasses
 

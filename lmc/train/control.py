@@ -32,7 +32,7 @@ _STORAGE_MESSAGES = ("No space left on device", "Disk quota exceeded", "Permissi
 def deterministic(e: BaseException) -> bool:
     """Whether ``e`` would happen again on a retry (see the module docstring)."""
     from pipeline import DataError
-    from .run import StorageError
+    from .run_folder import StorageError
     if isinstance(e, (ConfigError, DataError, CheckpointError, StorageError, LeaseLost,
                       NonFiniteLossError)):
         return True

@@ -40,7 +40,8 @@ from .checkpoints import RunCheckpoints
 from .lease import RunLease
 from .placement import _alive_nodes, _has_autoscaler, check_placement, worker_resources
 from .progress import Console
-from .run import METRICS_FILE, RunSettings, StorageError, read_json, s3_env, storage_location
+from .run_folder import METRICS_FILE, StorageError, read_json, s3_env, storage_location
+from .settings import RunSettings
 
 
 @dataclass

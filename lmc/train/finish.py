@@ -15,7 +15,7 @@ import torch
 from ..plots import save_strip, to_uint8, write_curves, write_learning_curves
 from ..protocols import Protocol
 from ..scoring import test_windows
-from .run import METRICS_FILE, STRIP_NAME
+from .run_folder import METRICS_FILE, STRIP_NAME
 
 STRIP_CANDIDATES = 64     # test windows the prediction strip is chosen from
 

@@ -42,7 +42,8 @@ from .checkpoints import RunCheckpoints, checkpoint_name
 from .control import Control, describe, deterministic
 from .lease import LeaseWatch
 from .progress import Pace, validation_record
-from .run import RunSettings, storage_location
+from .run_folder import storage_location
+from .settings import RunSettings
 from .tensorboard import TensorBoard
 
 

@@ -50,7 +50,7 @@ def train_plain(cfg, settings, protocol=None, *, hooks=(), device="cpu") -> tupl
     (the outcome, every report). ``protocol``: the test protocol (default: the shards')."""
     import pipeline
     from ..protocols import protocol_for
-    from .run import storage_location
+    from .run_folder import storage_location
 
     if protocol is None:
         protocol = protocol_for(cfg.short_len, pipeline.DatasetFacts.read(settings.data).test_out_len)
