@@ -86,8 +86,12 @@ class RunCheckpoints:
     def manifest(self, name: str) -> dict:
         where = f"{self.run.uri}/{name}/{MANIFEST_FILE}"
         if not self.run.exists(name, MANIFEST_FILE):
-            raise CheckpointError(f"{self.run.uri}/{name} has no {MANIFEST_FILE}: it was not "
-                                  "finished (the job or its storage stopped while writing it)")
+            raise CheckpointError(
+                f"{self.run.uri}/{name} has no {MANIFEST_FILE}: it was not finished (the job "
+                "or its storage stopped while writing it), or a version before checkpoints "
+                "carried one wrote it (to resume from such a folder after checking its files: "
+                f"python -c \"from lmc.checkpoint import write_manifest; write_manifest('<the "
+                f"folder>')\")")
         return parse_manifest(self.run.read_bytes(name, MANIFEST_FILE), where)
 
     def verify(self, name: str) -> dict:
