@@ -217,6 +217,7 @@ def train(cfg: LMCConfig, settings: RunSettings, *, hooks=(), callbacks: list | 
     retried), ``RuntimeError`` when workers keep dying.
     """
     say = print if verbose else (lambda *a, **k: None)
+    settings = _absolute_paths(settings)
     plan = validate(cfg, settings, allow_change, log=say)
     run = storage_location(plan.run_uri)
     lease = RunLease(run, job_id=_job_id(), warn=print).acquire(force=force_unlock)
@@ -366,6 +367,15 @@ def _job_id() -> str | None:
         return (config.get("metadata") or {}).get("job_submission_id")
     except ValueError:
         return None
+
+
+def _absolute_paths(s: RunSettings) -> RunSettings:
+    """``s`` with its local data and storage paths made absolute, here on the driver: the
+    workers get them in their settings and run in a folder of Ray Train's, where a relative
+    path (``--data data/kth-shards``) names nothing. URIs (``s3://``) stay as they are."""
+    def absolute(path: str) -> str:
+        return path if "://" in path else os.path.abspath(path)
+    return dataclasses.replace(s, data=absolute(s.data), storage=absolute(s.storage))
 
 
 # What each read task of the train split asks Ray for. Less than a CPU, so that a read fits
