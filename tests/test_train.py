@@ -197,13 +197,13 @@ def test_unreachable_storage_is_refused(shards, tmp_path):
 def test_relative_paths_reach_the_workers_absolute(tmp_path, monkeypatch):
     """The workers run in a folder of Ray Train's: `--data data/kth-shards` is resolved
     against the job's working folder on the driver; s3:// URIs stay."""
-    from lmc.train.driver import _absolute_paths
+    from lmc.train.driver import absolute_paths
 
     monkeypatch.chdir(tmp_path)
-    s = _absolute_paths(RunSettings(data="data/kth-shards", storage="runs", name="n"))
+    s = absolute_paths(RunSettings(data="data/kth-shards", storage="runs", name="n"))
     assert (s.data, s.storage) == (str(tmp_path / "data" / "kth-shards"), str(tmp_path / "runs"))
     s3 = RunSettings(data="s3://b/shards", storage="s3://b/runs", name="n")
-    assert _absolute_paths(s3) == s3
+    assert absolute_paths(s3) == s3
 
 
 def test_global_batch_must_split_over_workers(shards, tmp_path):

@@ -235,7 +235,10 @@ def sweep(base: LMCConfig, space: SweepSpace, settings: SweepSettings, *,
 
     from ..metrics import lpips_status
     from ..train import check, check_storage, storage_location
+    from ..train.driver import absolute_paths
 
+    # trials run in folders of Tune's: relative paths are resolved here, where the user meant them
+    settings = dataclasses.replace(settings, run=absolute_paths(settings.run))
     run = settings.run
     facts = DatasetFacts.read(run.data)
     combos = check_space(base, space, facts)

@@ -217,7 +217,7 @@ def train(cfg: LMCConfig, settings: RunSettings, *, hooks=(), callbacks: list | 
     retried), ``RuntimeError`` when workers keep dying.
     """
     say = print if verbose else (lambda *a, **k: None)
-    settings = _absolute_paths(settings)
+    settings = absolute_paths(settings)
     plan = validate(cfg, settings, allow_change, log=say)
     run = storage_location(plan.run_uri)
     lease = RunLease(run, job_id=_job_id(), warn=print).acquire(force=force_unlock)
@@ -369,7 +369,7 @@ def _job_id() -> str | None:
         return None
 
 
-def _absolute_paths(s: RunSettings) -> RunSettings:
+def absolute_paths(s: RunSettings) -> RunSettings:
     """``s`` with its local data and storage paths made absolute, here on the driver: the
     workers get them in their settings and run in a folder of Ray Train's, where a relative
     path (``--data data/kth-shards``) names nothing. URIs (``s3://``) stay as they are."""
