@@ -67,6 +67,10 @@ class MemoryAlignment:
         # the device when the guard's flag says so (no host sync).
         self.optimizer = torch.optim.Adam(model.parameters(), lr=self.lr, fused=True)
         self.iteration = 0
+        # This rank's share of the global batch, relative to an even split: DDP averages the
+        # ranks' gradients, so a rank with n of B windows over W ranks weighs its mean loss by
+        # W * n / B and the update is the global batch's mean gradient (uneven splits too).
+        self.loss_weight = 1.0
         self.generator = torch.Generator().manual_seed(self.cfg.seed if seed is None else seed)
         if core.has_memory:
             self._frozen = {
@@ -119,7 +123,7 @@ class MemoryAlignment:
         with self._autocast(short.device):
             pred = self.model(short, long=long, out_len=out_len)
         loss = prediction_loss(pred.float(), target)
-        loss.backward()
+        (loss if self.loss_weight == 1.0 else loss * self.loss_weight).backward()
         for p in self._frozen[phase]:   # nothing may reach them, whatever wraps the model
             p.grad = None
         bad = self._non_finite(loss)

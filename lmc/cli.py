@@ -124,7 +124,7 @@ def add_settings_flags(p: argparse.ArgumentParser, cls, *, skip: tuple[str, ...]
     g = p.add_argument_group(title) if title else p
     defaults, helps = defaults or {}, helps or {}
     for f in dataclasses.fields(cls):
-        if f.name in skip:
+        if f.name in skip or f.metadata.get("flag", "") is None:     # None: set through another
             continue
         kind = field_type(f)
         if f.name in defaults:
@@ -143,10 +143,12 @@ def add_settings_flags(p: argparse.ArgumentParser, cls, *, skip: tuple[str, ...]
         else:
             required = default is dataclasses.MISSING
             choices = f.metadata.get("choices")
-            kw.update(type=kind, choices=choices, required=required,
+            kw.update(type=_argument_type(f.metadata["parse"]) if "parse" in f.metadata
+                      else kind, choices=choices, required=required,
                       default=None if required else default,
-                      metavar=None if choices else f.name.upper() if kind is str
-                      else kind.__name__.upper())
+                      metavar=f.metadata.get("metavar") or (
+                          None if choices else f.name.upper() if kind is str
+                          else kind.__name__.upper()))
             if "(default:" in text:              # a job's own help says it
                 pass
             elif default is None and "when_none" in f.metadata:
@@ -156,9 +158,20 @@ def add_settings_flags(p: argparse.ArgumentParser, cls, *, skip: tuple[str, ...]
         g.add_argument(settings_flag(f), help=text.strip() or None, **kw)
 
 
+def _argument_type(parse):
+    """A field's own parser as an argparse type: its error message is argparse's."""
+    def convert(text: str):
+        try:
+            return parse(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    convert.__name__ = parse.__name__
+    return convert
+
+
 def settings_from_args(a: argparse.Namespace, cls, *, skip: tuple[str, ...] = (), **values):
     """``cls`` (validated as it is made) from the flags of ``add_settings_flags``; ``values``
     set fields a job decides itself, ``skip``ped fields keep the dataclass's default."""
     given = {f.name: getattr(a, f.name) for f in dataclasses.fields(cls)
-             if f.name not in skip and f.name not in values}
+             if f.name not in skip and f.name not in values and hasattr(a, f.name)}
     return cls(**given, **values)

@@ -2,7 +2,9 @@
 the driver was asked to stop), abort (this job's lease is lost: end without writing), or fail
 (a rank met a deterministic error: end, naming it, without retrying).
 
-One tiny all-reduce per step on a gloo group of its own (CPU; no GPU sync, ~0.1 ms on one
+The same all-reduce carries rank 0's "poll": on its clock, every ``poll_every_s``, all ranks ask
+Ray Train about preemptions at this step (``ray.train.get_preemption_info`` is a barrier of
+its own, too slow for every step). One tiny all-reduce per step on a gloo group of its own (CPU; no GPU sync, ~0.1 ms on one
 host), so a rank that cannot read its batch ends the run with the others instead of leaving
 them waiting in DDP's all-reduce. Rank 0 contributes the lease's state from ``LeaseWatch``
 (read by its thread, never on the step path).
@@ -14,6 +16,7 @@ lease, a non-finite loss). Worker and node deaths are not errors here: Ray retri
 from __future__ import annotations
 
 import errno
+import time
 from dataclasses import dataclass
 
 import torch
@@ -51,24 +54,39 @@ class Verdict:
     stop: str | None = None        # "SIGINT" / "SIGTERM": checkpoint at this boundary, then end
     abort: str | None = None       # the lease is lost: end without writing
     failure: str | None = None     # a rank's deterministic error: end, naming it
+    poll: bool = False             # time to ask Ray Train about preemptions (every rank, now)
 
 
 class Control:
-    def __init__(self, rank: int, world: int, watch=None):
+    def __init__(self, rank: int, world: int, watch=None, poll_every_s: float | None = None,
+                 clock=time.monotonic):
         self.rank, self.world, self.watch = rank, world, watch
         self.group = dist.new_group(backend="gloo") if world > 1 else None
+        # rank 0's clock says when every rank polls (a step count would drift with the pace)
+        self.poll_every_s, self.clock = poll_every_s, clock
+        self._last_poll = clock()
+
+    def _poll_due(self) -> bool:
+        if self.rank != 0 or self.poll_every_s is None:
+            return False
+        now = self.clock()
+        if now - self._last_poll < self.poll_every_s:
+            return False
+        self._last_poll = now
+        return True
 
     def agree(self, failure: str | None = None) -> Verdict:
         """Every rank's call returns the same verdict (a collective: call it on every rank at
         the same point). ``failure``: this rank's error message, if it met one."""
         stop = self.watch.stop if self.watch else None
         abort = self.watch.problem if self.watch else None
-        flags = torch.tensor([stop is not None, abort is not None, failure is not None],
-                             dtype=torch.int32)
+        flags = torch.tensor([stop is not None, abort is not None, failure is not None,
+                              self._poll_due()], dtype=torch.int32)
         if self.group is not None:
             dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=self.group)
-        if not flags.any():
-            return Verdict()
+        poll = bool(flags[3])
+        if not flags[:3].any():
+            return Verdict(poll=poll)
         # rare: share the words (rank 0's lease state, every rank's failure)
         mine = {"stop": stop, "abort": abort, "failure": failure}
         everyone = [mine]
@@ -78,7 +96,7 @@ class Control:
         failures = [f"rank {r}: {m['failure']}" if self.world > 1 else m["failure"]
                     for r, m in enumerate(everyone) if m["failure"]]
         return Verdict(stop=everyone[0]["stop"], abort=everyone[0]["abort"],
-                       failure="; ".join(failures) or None)
+                       failure="; ".join(failures) or None, poll=poll)
 
     def close(self) -> None:
         if self.watch:

@@ -13,7 +13,9 @@ the same name and storage again resumes from the latest checkpoint (Ray Train V2
 run from its storage folder); a worker failure restarts the worker group from the latest
 checkpoint up to ``max_failures`` times.
 
-``batch_size`` in the config is the global batch: each of the N workers takes batch_size / N.
+``batch_size`` in the config is the global batch, split over the live workers (an elastic run,
+``--num-workers MIN-MAX``, has as many as the cluster holds); each rank weighs its loss by its
+share, so the update is the global batch's mean gradient (``loop.batch_share``).
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ from ..model import LMCModel
 from ..protocols import Protocol, protocol_for
 from ..reference import CheckpointError, load_matching
 from .checkpoints import RunCheckpoints
+from .elastic import SkipDrainingNodes
 from .lease import RunLease
 from .placement import _alive_nodes, _has_autoscaler, check_placement, worker_resources
 from .progress import Console
@@ -66,9 +69,10 @@ def check(cfg: LMCConfig, s: RunSettings, log=None):
 
     if not isinstance(cfg, LMCConfig):
         raise ConfigError(f"expected an LMCConfig, got {type(cfg).__name__}")
-    if cfg.batch_size % s.num_workers:
-        raise ConfigError(f"config field 'batch_size' = {cfg.batch_size} is invalid; allowed: a "
-                          f"multiple of num_workers = {s.num_workers} (it is the global batch)")
+    if cfg.batch_size < s.num_workers:
+        raise ConfigError(f"config field 'batch_size' = {cfg.batch_size} is invalid; allowed: at "
+                          f"least one window per worker, >= {s.num_workers} (--num-workers "
+                          f"{s.workers}); it is the global batch, split over the live workers")
     if s.compile:
         why = compile_problem("cuda" if s.use_gpu else "cpu")
         if why:
@@ -257,6 +261,7 @@ def train(cfg: LMCConfig, settings: RunSettings, *, hooks=(), callbacks: list | 
 def _fit(cfg, settings, plan: Plan, lease, hooks, callbacks, address, verbose) -> dict:
     """The TorchTrainer run; the workers' outcome (rank 0's return value)."""
     import ray
+    import ray.util.scheduling_strategies
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
     from ray.util.queue import Queue
@@ -274,7 +279,11 @@ def _fit(cfg, settings, plan: Plan, lease, hooks, callbacks, address, verbose) -
     check_placement(settings, per_worker, nodes, autoscaling=_has_autoscaler,
                     log=print if verbose else None)
     storage = storage_location(settings.storage)
-    progress = Queue(maxsize=256, actor_options={"num_cpus": 0}) if verbose else None
+    # the progress queue lives on the driver's node: on a worker node it would die with it
+    here = ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(
+        ray.get_runtime_context().get_node_id(), soft=False)
+    progress = Queue(maxsize=256, actor_options={"num_cpus": 0, "scheduling_strategy": here}
+                     ) if verbose else None
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"model": cfg, "settings": settings, "protocol": plan.protocol,
@@ -283,13 +292,19 @@ def _fit(cfg, settings, plan: Plan, lease, hooks, callbacks, address, verbose) -
                            "lease_owner": lease.holder.owner, "changes": plan.changes,
                            "data_fingerprint": plan.data_fingerprint, "progress": progress},
         scaling_config=ScalingConfig(
-            num_workers=settings.num_workers, use_gpu=settings.use_gpu,
+            num_workers=((settings.min_workers, settings.num_workers) if settings.elastic
+                         else settings.num_workers),
+            elastic_resize_monitor_interval_s=settings.resize_check_s,
+            use_gpu=settings.use_gpu,
             resources_per_worker=per_worker, placement_strategy=settings.placement_strategy),
         run_config=RunConfig(
             name=settings.name, storage_path=storage.root,
             storage_filesystem=None if storage.is_local else storage.fs,
-            failure_config=FailureConfig(max_failures=settings.max_failures),
-            callbacks=callbacks),
+            failure_config=FailureConfig(max_failures=settings.max_failures,
+                                         max_preemption_failures=settings.max_preemptions),
+            callbacks=list(callbacks or []) + (
+                [SkipDrainingNodes(settings.min_workers, per_worker)] if settings.elastic
+                else [])),
         datasets={"train": _train_dataset(settings.data, plan.facts)},
     )
     console = Console() if verbose else None

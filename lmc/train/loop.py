@@ -22,6 +22,7 @@ metrics.json, pictures) is ``lmc.train.finish``.
 """
 from __future__ import annotations
 
+import json
 import socket
 import tempfile
 import time
@@ -42,9 +43,13 @@ from .checkpoints import RunCheckpoints, checkpoint_name
 from .control import Control, describe, deterministic
 from .lease import LeaseWatch
 from .progress import Pace, validation_record
-from .run_folder import storage_location
+from .run_folder import ATTEMPTS_FILE, read_json, storage_location
 from .settings import RunSettings
 from .tensorboard import TensorBoard
+
+# How often (seconds, on rank 0's clock, shared through the per-step agreement) the ranks ask Ray
+# Train about preemptions; its watcher polls the drains every 5 s (RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S)
+PREEMPTION_POLL_S = 2.0
 
 
 @dataclass
@@ -59,6 +64,15 @@ class WorkerContext:
                                                    # (N, T, C, H, W), this rank's, from ``start``
     report: Callable[[dict], None]                 # every rank, at each validation/checkpoint
     progress: object = None                        # rank 0's records go to .put_nowait
+    # Ray Train's preemption notice (a barrier: every rank calls it at the same step), or None
+    preemption: Callable[[], object] | None = None
+
+
+def batch_share(batch_size: int, world: int, rank: int) -> int:
+    """Rank ``rank``'s windows of the global batch: an even split, the first ``batch_size %
+    world`` ranks one more (every rank needs at least one: the driver refuses more workers
+    than windows)."""
+    return batch_size // world + (rank < batch_size % world)
 
 
 @dataclass(frozen=True)
@@ -98,13 +112,17 @@ class Loop:
         torch.set_num_threads(settings.torch_threads)
         # rank 0 watches the lease (the driver's stop request, the fence on commits)
         watch = LeaseWatch(self.run, lease_owner) if lease_owner and self.rank == 0 else None
-        self.control = Control(self.rank, self.world, watch)
+        self.control = Control(self.rank, self.world, watch,
+                               poll_every_s=PREEMPTION_POLL_S if ctx.preemption else None)
 
         state = self._build_model()
         self._restore(state)
         self._record_attempt(submission, changes or {})
         self.cadence = Cadence.of(settings, cfg.iterations)
-        self.batches = ctx.open_batches(cfg.batch_size // self.world, self.start)
+        share = batch_share(cfg.batch_size, self.world, self.rank)
+        self.align.loss_weight = self.world * share / cfg.batch_size
+        self.batches = ctx.open_batches(share, self.start)
+        self.preemption_handled = False     # this attempt took its just-in-time checkpoint
         # rank 0's pace, for the driver's progress lines (None: nobody shows them)
         self.progress = ctx.progress if self.rank == 0 else None
         self.pace = Pace(cfg.iterations, self.start, cfg.batch_size)
@@ -168,17 +186,40 @@ class Loop:
         self.start = self.align.iteration
 
     def _record_attempt(self, submission: str, changes: dict) -> None:
-        """Where this attempt runs and why it started: a new run, the same run submitted again
-        (with the config changes the user allowed), or Ray Train restarting the worker group
-        after a failure (same submission)."""
+        """Where this attempt runs, on how many workers, and why it started: a new run, the
+        same run submitted again (with the config changes the user allowed), or Ray Train
+        restarting the worker group within the same submission: after a preemption (the
+        previous attempt took a just-in-time checkpoint on the notice), to grow (an elastic run
+        on more workers than before, nothing failed that this run saw) or after a failure."""
         self.workers = _gather_workers(self.ctx)
-        restart = bool(self.attempts) and self.attempts[-1]["submission"] == submission
+        if self.rank == 0:      # the run's whole history, not only the restored checkpoint's
+            logged = (read_json(self.run, ATTEMPTS_FILE) or {}).get("attempts") or []
+            if len(logged) > len(self.attempts):
+                self.attempts = logged
+        previous = self.attempts[-1] if self.attempts else None
+        restart = previous is not None and previous["submission"] == submission
+        if previous is None:
+            cause = "new run"
+        elif not restart:
+            cause = "resubmitted"
+        elif previous.get("preemption"):
+            cause = "restart after a preemption"
+        elif self.world > previous.get("world_size", len(previous["workers"])):
+            cause = "scale-up"
+        else:
+            cause = "restart after a failure"
         self.attempts = self.attempts + [{
             "iteration": self.start, "submission": submission, "started_at": time.time(),
-            "first_step_at": None, "workers": self.workers, "resumed_from": self.resumed_from,
-            "changes": {} if restart else changes,
-            "cause": ("new run" if not self.attempts else
-                      "restart after a failure" if restart else "resubmitted")}]
+            "first_step_at": None, "world_size": self.world, "workers": self.workers,
+            "resumed_from": self.resumed_from, "changes": {} if restart else changes,
+            "cause": cause}]
+        self._log_attempts()
+
+    def _log_attempts(self) -> None:
+        """Rank 0: the attempts to the run folder's attempt log (``ATTEMPTS_FILE``)."""
+        if self.rank == 0:
+            self.run.write_bytes(json.dumps({"attempts": self.attempts}, indent=1).encode(),
+                                 ATTEMPTS_FILE)
 
     # -- the loop --------------------------------------------------------------------------------
     def fit(self) -> dict:
@@ -211,6 +252,10 @@ class Loop:
                                      f"run {self.run.uri}: stopped without writing: {verdict.abort}")
             if verdict.stop:
                 return self._stop(verdict.stop)
+            if verdict.poll:
+                failure = self._on_preemption_notice()
+                if failure:
+                    return self._outcome("failed", failure)
             try:
                 losses = self.step(window)
             except NonFiniteLossError as e:   # raised on every rank alike (the guard all-reduces)
@@ -244,6 +289,31 @@ class Loop:
             return verdict.failure or f"run {self.run.uri}: stopped without writing: {verdict.abort}"
         self.report(metrics)
         return None
+
+    def _on_preemption_notice(self) -> str | None:
+        """Every rank asks Ray Train (at the same step: ``get_preemption_info`` is a barrier)
+        whether a node of the run is being drained for preemption; on the first notice the run
+        commits a just-in-time checkpoint at this step boundary and carries on until Ray Train
+        restarts it on the nodes that stay. The failure message if the commit failed."""
+        info = self.ctx.preemption()
+        if info is None or self.preemption_handled:
+            return None
+        self.preemption_handled = True
+        done = self.align.iteration
+        deadline = info.deadline_ms / 1000 if info.deadline_ms else None
+        self.attempts[-1]["preemption"] = {
+            "iteration": done, "noticed_at": time.time(), "deadline": deadline,
+            "nodes": list(info.preempted_node_ids), "ranks": list(info.preempted_ranks)}
+        self._log_attempts()
+        self._show({"kind": "notice", "line": (
+            f"preemption notice at iteration {done}: node(s) "
+            f"{', '.join(n[:8] for n in info.preempted_node_ids)} (ranks "
+            f"{', '.join(map(str, info.preempted_ranks))}) go"
+            + (f" in {max(0.0, deadline - time.time()):.0f} s" if deadline else "")
+            + "; checkpointing now")})
+        fresh = checkpoint_name(done) in self.checkpoints.known_good
+        return self._boundary({"iteration": done, **self._throughput()}, validate=False,
+                              checkpoint=not fresh)
 
     def _stop(self, reason: str) -> dict:
         """The driver was asked to stop: checkpoint this step (unless just done) and end."""
@@ -281,7 +351,12 @@ class Loop:
         self._steps += 1
         done = self.align.iteration
         if done == self.start + 1:
-            self.attempts[-1]["first_step_at"] = time.time()
+            attempt = self.attempts[-1]
+            attempt["first_step_at"] = time.time()
+            self._log_attempts()
+            self._show({"kind": "notice", "line": (
+                f"attempt {len(self.attempts)} training on {self.world} worker(s) "
+                f"({attempt['cause']}, from {attempt['resumed_from'] or 'the start'})")})
         if self.cadence.log(done, self.start):
             self.history.append({"iteration": done, **losses})
             if self.tensorboard:

@@ -42,21 +42,28 @@ def check_placement(s: RunSettings, per_worker: dict, nodes: list[dict], *,
     def fmt(res: dict) -> str:
         return ", ".join(f"{r} {res.get(r, 0):g}" for r in per_worker)
 
-    want = f"{s.num_workers} worker(s) of {fmt(per_worker)}"
+    if s.elastic and s.placement_strategy == "STRICT_PACK":
+        raise ConfigError(f"--placement-strategy STRICT_PACK puts every worker on one node, which "
+                          f"an elastic run (--num-workers {s.workers}) cannot outlive; use PACK "
+                          "or SPREAD (or STRICT_SPREAD where a node holds one worker)")
+    # an elastic run starts once its minimum fits (Ray Train takes as many as fit, up to the max)
+    least = s.min_workers if s.elastic else s.num_workers
+    want = (f"{least} to {s.num_workers} worker(s) of {fmt(per_worker)}" if s.elastic
+            else f"{s.num_workers} worker(s) of {fmt(per_worker)}")
     holders = [n for n in nodes if fits(n["resources"])]
     problem = None
     if not holders:
         problem = (f"no node can hold one worker ({fmt(per_worker)}; --cpus-per-worker / "
                    "--gpus)")
-    elif s.placement_strategy == "STRICT_SPREAD" and len(holders) < s.num_workers:
-        problem = (f"--placement-strategy STRICT_SPREAD puts each of the {s.num_workers} workers "
+    elif s.placement_strategy == "STRICT_SPREAD" and len(holders) < least:
+        problem = (f"--placement-strategy STRICT_SPREAD puts each of the {least} workers "
                    f"on its own node, but {len(holders)} node(s) can hold one")
-    elif s.placement_strategy == "STRICT_PACK" and not any(fits(n["resources"], s.num_workers)
+    elif s.placement_strategy == "STRICT_PACK" and not any(fits(n["resources"], least)
                                                            for n in nodes):
         problem = (f"--placement-strategy STRICT_PACK puts all {s.num_workers} workers on one "
                    "node, but no node can hold them all")
     elif sum(int(min(n["resources"].get(r, 0) / v for r, v in per_worker.items()) + 1e-9)
-             for n in nodes) < s.num_workers:
+             for n in nodes) < least:
         problem = f"the cluster cannot hold {want} at once (--num-workers)"
     if problem is None:
         return

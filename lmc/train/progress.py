@@ -95,8 +95,8 @@ class Console:
         self._bar = False
 
     def show(self, record: dict) -> None:
-        if record["kind"] == "val":
-            self._line(validation_line(record))
+        if record["kind"] in ("val", "notice"):     # a notice: an event, said as it is
+            self._line(validation_line(record) if record["kind"] == "val" else record["line"])
             return
         line = step_line(record)
         if self.tty:

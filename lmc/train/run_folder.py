@@ -4,7 +4,7 @@ The driver and the trainer both import this module; it imports no Ray.
 A run lives in ``<storage>/<name>/`` (a path or s3://): ``checkpoint_<iteration>`` folders
 (model.pt, train_state.pt, config.json and, last, checkpoint.json; see ``lmc.checkpoint`` and
 ``checkpoints``), ``lease.json`` while a job runs it (``lease``), ``tensorboard/``,
-``metrics.json``, ``learning_curves.csv/.png``, ``curves_<protocol>.csv/.png`` and
+``attempts.json``, ``metrics.json``, ``learning_curves.csv/.png``, ``curves_<protocol>.csv/.png`` and
 ``prediction.png/.gif``; Ray Train's own files (its snapshot of reported metrics) beside them.
 """
 from __future__ import annotations
@@ -14,6 +14,10 @@ import json
 from .settings import RunSettings
 
 METRICS_FILE = "metrics.json"
+# Every attempt of the run (rank 0 writes it when one starts, steps first, gets a preemption
+# notice): also the attempts that ended before committing a checkpoint, which the checkpoints'
+# own copy of the history (the lineage of the restored state) cannot hold.
+ATTEMPTS_FILE = "attempts.json"
 STRIP_NAME = "prediction"       # prediction.png / prediction.gif: input | truth | prediction
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from ..config import validator
+from ..config import ConfigError, validator
 
 # Ray's placement-group strategies: PACK / SPREAD are best effort; STRICT_PACK puts every worker
 # on one node, STRICT_SPREAD each worker on a node of its own.
@@ -22,6 +22,22 @@ PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 # paper-mmnist at batch 2: 2.56 vs 2.97 ms); NHWC is also cuDNN's tensor-core layout.
 MEMORY_FORMATS = ("channels_last", "contiguous")
 AUTOCAST_MODES = ("none", "bf16")
+
+
+def parse_workers(text: str) -> int | tuple[int, int]:
+    """``--num-workers``: "4" -> 4; "2-8" -> (2, 8), an elastic range."""
+    lo, sep, hi = str(text).partition("-")
+    try:
+        if not sep:
+            return int(lo)
+        lo, hi = int(lo), int(hi)
+    except ValueError:
+        raise ConfigError(f"--num-workers {text!r}: allowed: a number of workers (4) or an "
+                          "elastic range MIN-MAX (2-8)") from None
+    if not 1 <= lo <= hi:
+        raise ConfigError(f"--num-workers {text!r}: an elastic range MIN-MAX needs "
+                          "1 <= MIN <= MAX")
+    return lo, hi
 
 
 @dataclass(frozen=True)
@@ -33,7 +49,15 @@ class RunSettings:
     storage: str = field(metadata={
         "help": "run storage root (path or s3://); the run is <storage>/<name>"})
     name: str = field(metadata={"help": "run name; the same name and storage resume the run"})
-    num_workers: int = field(default=2, metadata={"help": "Ray Train workers (DDP ranks)"})
+    num_workers: int = field(default=2, metadata={
+        "parse": parse_workers, "metavar": "N|MIN-MAX",
+        "help": "Ray Train workers (DDP ranks); MIN-MAX (e.g. 2-8) is elastic: the run starts "
+                "with as many as the cluster holds (at least MIN), goes on with fewer when "
+                "nodes are lost or preempted and grows back as nodes join (the global batch "
+                "stays --batch-size)"})
+    # Elastic: the fewest workers the run goes on with (``num_workers`` is then the most);
+    # None: exactly ``num_workers``. Set through --num-workers MIN-MAX, not a flag of its own.
+    min_workers: int | None = field(default=None, metadata={"flag": None})
     use_gpu: bool = field(default=False, metadata={
         "flag": "gpus", "help": "one GPU per worker (NCCL; gloo on CPUs)"})
     cpus_per_worker: float = field(default=1.0, metadata={
@@ -59,7 +83,13 @@ class RunSettings:
     max_failures: int = field(default=3, metadata={
         "help": "worker-group restarts after a worker or node dies, from the newest checkpoint "
                 "(-1: unlimited; deterministic errors: data, checkpoint, config, storage, are "
-                "never retried)"})
+                "never retried; preemptions count against --max-preemptions)"})
+    max_preemptions: int = field(default=-1, metadata={
+        "help": "worker-group restarts after a node drained for preemption (a spot reclaim) is "
+                "gone, from its just-in-time checkpoint (-1: unlimited)"})
+    resize_check_s: float = field(default=60.0, metadata={
+        "help": "elastic runs: seconds between Ray Train's checks whether more workers fit "
+                "(growing restarts the workers from the newest checkpoint)"})
     num_to_keep: int = field(default=2, metadata={
         "flag": "keep-checkpoints", "help": "verified checkpoints kept"})
     log_every: int | None = field(default=None, metadata={
@@ -78,6 +108,10 @@ class RunSettings:
         "help": "per-timestep plot and prediction strip/GIF at the end"})
 
     def __post_init__(self):
+        if isinstance(self.num_workers, tuple):           # --num-workers MIN-MAX
+            lo, hi = self.num_workers
+            object.__setattr__(self, "num_workers", hi)
+            object.__setattr__(self, "min_workers", lo if lo != hi else None)
         need = validator("run setting", self)
         need(bool(self.name) and "/" not in self.name and not self.name.startswith("."),
              "name", "a non-empty folder name without '/'")
@@ -89,13 +123,28 @@ class RunSettings:
                   "threads_per_worker"):
             v = getattr(self, n)
             need(v is None or (isinstance(v, int) and v >= 1), n, "None or an integer >= 1")
-        need(isinstance(self.max_failures, int) and self.max_failures >= -1, "max_failures",
-             ">= 0, or -1 for unlimited")
+        need(self.min_workers is None or (isinstance(self.min_workers, int)
+                                          and 1 <= self.min_workers <= self.num_workers),
+             "min_workers", f"None or an integer from 1 to num_workers = {self.num_workers}")
+        for n in ("max_failures", "max_preemptions"):
+            need(isinstance(getattr(self, n), int) and getattr(self, n) >= -1, n,
+                 ">= 0, or -1 for unlimited")
+        need(isinstance(self.resize_check_s, (int, float)) and math.isfinite(self.resize_check_s)
+             and self.resize_check_s >= 0, "resize_check_s", "a finite number of seconds >= 0")
         need(isinstance(self.num_to_keep, int) and self.num_to_keep >= 1, "num_to_keep", ">= 1")
         need(self.autocast in AUTOCAST_MODES, "autocast", " | ".join(AUTOCAST_MODES))
         need(self.memory_format in MEMORY_FORMATS, "memory_format", " | ".join(MEMORY_FORMATS))
         need(self.placement_strategy in PLACEMENT_STRATEGIES, "placement_strategy",
              " | ".join(PLACEMENT_STRATEGIES))
+
+    @property
+    def elastic(self) -> bool:
+        return self.min_workers is not None
+
+    @property
+    def workers(self) -> str:
+        """--num-workers as the user wrote it: "4", or "2-8" for an elastic run."""
+        return f"{self.min_workers}-{self.num_workers}" if self.elastic else str(self.num_workers)
 
     # The cadences and the thread count, defaulted in one place.
     def checkpoint_interval(self, iterations: int) -> int:

@@ -40,7 +40,8 @@ def ray_context(cfg, progress=None) -> WorkerContext:
         # DDP broadcasts rank 0's weights; each phase leaves one encoder unused
         wrap_model=lambda core: ray.train.torch.prepare_model(
             core, parallel_strategy_kwargs={"find_unused_parameters": True}),
-        open_batches=open_batches, report=ray.train.report, progress=progress)
+        open_batches=open_batches, report=ray.train.report, progress=progress,
+        preemption=ray.train.get_preemption_info)
 
 
 def train_loop_per_worker(config: dict) -> dict:
