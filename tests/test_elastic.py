@@ -32,7 +32,7 @@ from test_multinode import ROOT, TINY, prepare_on_one_node, submit, videos_on_s3
 pytestmark = [pytest.mark.slow, pytest.mark.multinode]
 
 NOTICE_S = 25          # the spot notice's deadline (AWS gives 120 s)
-RESIZE_S = 5           # --resize-check-s
+RESIZE_S = 10          # --resize-check-s (default 60)
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +51,12 @@ def cluster():
     c = LocalCluster()
     c.env["RAY_JOB_STOP_WAIT_TIME_S"] = "120"       # `ray job stop`: time for the stop checkpoint
     c.env["RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S"] = "1"
+    # GCS marks a killed node dead after 3 missed 1 s health checks (default: 5 of 3 s). Until
+    # then Ray Train's elastic count still sees its CPUs and would resize onto it; with the
+    # default 60 s resize check that window has passed before the first check, with this
+    # test's 10 s it might not have.
+    c.env.update({"RAY_health_check_period_ms": "1000", "RAY_health_check_timeout_ms": "1000",
+                  "RAY_health_check_failure_threshold": "3"})
     try:
         c.start_head(cpus=1)
         yield c

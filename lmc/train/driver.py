@@ -233,8 +233,12 @@ def train(cfg: LMCConfig, settings: RunSettings, *, hooks=(), callbacks: list | 
                      if plan.changes else "") + ")" if plan.resume_from else "new run")
         say(f"run {plan.run_uri}: {resume}; data {settings.data} ({plan.facts.rows['train']} "
             f"train / {plan.facts.rows['test']} test windows); protocol {plan.protocol.name}")
+        from pipeline.cluster import connect
+        # Ray first: ray.init installs its own SIGTERM handler (a stack dump, then death),
+        # which would replace this job's stop-at-a-checkpoint handler if installed after it
+        connect(address, configure_logging=False)
         with _stop_on_signals(lease, say):
-            outcome = _fit(cfg, settings, plan, lease, hooks, callbacks, address, verbose)
+            outcome = _fit(cfg, settings, plan, lease, hooks, callbacks, verbose)
     finally:
         lease.release()
     status, message = outcome.get("status"), outcome.get("message")
@@ -258,7 +262,7 @@ def train(cfg: LMCConfig, settings: RunSettings, *, hooks=(), callbacks: list | 
     return metrics
 
 
-def _fit(cfg, settings, plan: Plan, lease, hooks, callbacks, address, verbose) -> dict:
+def _fit(cfg, settings, plan: Plan, lease, hooks, callbacks, verbose) -> dict:
     """The TorchTrainer run; the workers' outcome (rank 0's return value)."""
     import ray
     import ray.util.scheduling_strategies
@@ -266,11 +270,8 @@ def _fit(cfg, settings, plan: Plan, lease, hooks, callbacks, address, verbose) -
     from ray.train.torch import TorchTrainer
     from ray.util.queue import Queue
 
-    from pipeline.cluster import connect
-
     from .trainer import train_loop_per_worker
 
-    connect(address, configure_logging=False)
     data_context = ray.data.DataContext.get_current()
     data_context.enable_progress_bars = False
     data_context.print_on_execution_start = False    # not a "Starting execution" per epoch

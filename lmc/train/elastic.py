@@ -28,8 +28,8 @@ def workers_that_fit(per_worker: dict, nodes: list[dict]) -> int:
 
 
 class SkipDrainingNodes(ControllerCallback):
-    def __init__(self, min_workers: int, per_worker: dict, log=print):
-        self.min_workers, self.per_worker, self.log = min_workers, dict(per_worker), log
+    def __init__(self, min_workers: int, per_worker: dict):
+        self.min_workers, self.per_worker = min_workers, dict(per_worker)
 
     def before_controller_execute_resize_decision(self, resize_decision) -> None:
         staying = _nodes_that_stay()
@@ -37,7 +37,7 @@ class SkipDrainingNodes(ControllerCallback):
             return
         fit = workers_that_fit(self.per_worker, staying)
         if self.min_workers <= fit < resize_decision.num_workers:
-            self.log(f"{resize_decision.num_workers} workers would include nodes being drained or "
+            print(f"{resize_decision.num_workers} workers would include nodes being drained or "
                      f"gone; starting {fit} on the nodes that stay")
             resize_decision.num_workers = fit
 
