@@ -146,3 +146,24 @@ def s3_env(s3_server, monkeypatch):
     for k, v in s3_settings(s3_server).items():
         monkeypatch.setenv(k, v)
     return s3_client(s3_server)
+
+
+# The multi-node modules' S3 bucket and videos (test_multinode.py, test_elastic.py)
+@pytest.fixture(scope="module")
+def s3(s3_server):
+    """A boto3 client of the S3 server, whose settings this process's environment gets too
+    (the test reads and writes the bucket as the jobs do)."""
+    os.environ.update(s3_settings(s3_server))
+    return s3_client(s3_server)
+
+
+@pytest.fixture(scope="module")
+def videos_on_s3(s3, tmp_path_factory):
+    """KTH-like videos (walking and boxing, persons 1 and 17) in s3://lmc/mn-avi/."""
+    from pipeline import write_kth_like
+
+    local = tmp_path_factory.mktemp("mn-avi")
+    write_kth_like(str(local), per_action=2, actions=("walking", "boxing"), num_frames=60)
+    for name in os.listdir(local):
+        s3.upload_file(str(local / name), "lmc", f"mn-avi/{name}")
+    return "s3://lmc/mn-avi"

@@ -24,10 +24,9 @@ import time
 
 import pytest
 
-from conftest import s3_client, s3_settings
 from fake_imds import FakeIMDS
 from local_cluster import LocalCluster
-from test_multinode import ROOT, TINY, prepare_on_one_node, submit, videos_on_s3  # noqa: F401
+from test_multinode import ROOT, TINY, prepare_on_one_node, submit
 
 pytestmark = [pytest.mark.slow, pytest.mark.multinode]
 
@@ -36,13 +35,7 @@ RESIZE_S = 10          # --resize-check-s (default 60)
 
 
 @pytest.fixture(scope="module")
-def s3(s3_server):
-    os.environ.update(s3_settings(s3_server))
-    return s3_client(s3_server)
-
-
-@pytest.fixture(scope="module")
-def shards(s3, videos_on_s3):  # noqa: F811
+def shards(s3, videos_on_s3):
     return prepare_on_one_node("s3://lmc/el-shards")
 
 
@@ -175,14 +168,18 @@ def test_elastic_run_checkpoints_on_the_notice_shrinks_and_grows_back(cluster, s
     assert shrunk["resumed_from"] == f"checkpoint_{notice_at:09d}"
     assert {w["node_id"] for w in shrunk["workers"]} == {a}
     assert {w["node_id"] for w in grown["workers"]} == {a, c}
+    # growing: the controller asked for a checkpoint first, so the 1-worker attempt's
+    # iterations carry over (the checkpoint is the step at which the request arrived)
+    assert grown["iteration"] > shrunk["iteration"]
+    assert grown["resumed_from"] == f"checkpoint_{grown['iteration']:09d}"
+    assert "resizing the workers after checkpoint_" in job.logs()
     recovery = shrunk["first_step_at"] - killed_at
     regrow = grown["first_step_at"] - joined_at
-    lost_at_growth = None
     print(f"\nelastic: notice at iteration {notice_at} ({NOTICE_S} s before the reclaim), "
           f"restored iteration {shrunk['iteration']} (lost 0); kill -> first step on 1 worker "
           f"{recovery:.1f} s; node joined -> first step on 2 workers {regrow:.1f} s (resize "
-          f"check every {RESIZE_S} s), resumed from {grown['resumed_from']}"
-          f"{'' if lost_at_growth is None else ''}")
+          f"check every {RESIZE_S} s), resumed from {grown['resumed_from']} (the 1-worker "
+          f"attempt trained {grown['iteration'] - shrunk['iteration']} iterations, all kept)")
     assert recovery <= 30, recovery
 
 

@@ -2,7 +2,6 @@
 two processes) holding 2 and 1 of the same 3 windows gives the update of one process holding
 all 3, because each rank weighs its loss by its share (``Loop``: ``batch_share``,
 ``MemoryAlignment.loss_weight``). Without the weights the uneven split gives another gradient."""
-import os
 
 import pytest
 import torch

@@ -21,7 +21,7 @@ import time
 
 import pytest
 
-from conftest import s3_client, s3_settings
+from conftest import s3_settings
 from local_cluster import LocalCluster, free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,24 +32,6 @@ TINY = ["--preset", "tiny", "--img-size", "32", "--short-len", "9", "--out-len",
 # (the other modules' `ray_session`) keeps `ray start` nodes from joining, so CI runs this
 # module in a pytest process of its own (`-m multinode`; the other lanes deselect it).
 pytestmark = [pytest.mark.slow, pytest.mark.multinode]
-
-
-@pytest.fixture(scope="module")
-def s3(s3_server):
-    os.environ.update(s3_settings(s3_server))    # this process reads and writes the bucket too
-    return s3_client(s3_server)
-
-
-@pytest.fixture(scope="module")
-def videos_on_s3(s3, tmp_path_factory):
-    """KTH-like videos (walking and boxing, persons 1 and 17) in s3://lmc/mn-avi/."""
-    from pipeline import write_kth_like
-
-    local = tmp_path_factory.mktemp("mn-avi")
-    write_kth_like(str(local), per_action=2, actions=("walking", "boxing"), num_frames=60)
-    for name in os.listdir(local):
-        s3.upload_file(str(local / name), "lmc", f"mn-avi/{name}")
-    return "s3://lmc/mn-avi"
 
 
 @pytest.fixture

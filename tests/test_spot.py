@@ -2,7 +2,6 @@
 with AWS's HTTP contract (``fake_imds.FakeIMDS``): no notice, no drain; a notice, one drain with
 its deadline; a service that does not answer, polled on and logged once. The drain of a real
 Ray node through ``ray drain-node`` runs in the multi-node lane (``test_elastic.py``)."""
-import threading
 
 import pytest
 

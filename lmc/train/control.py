@@ -55,12 +55,14 @@ class Verdict:
     abort: str | None = None       # the lease is lost: end without writing
     failure: str | None = None     # a rank's deterministic error: end, naming it
     poll: bool = False             # time to ask Ray Train about preemptions (every rank, now)
+    checkpoint: bool = False       # checkpoint at this boundary: Ray Train is about to resize
 
 
 class Control:
     def __init__(self, rank: int, world: int, watch=None, poll_every_s: float | None = None,
-                 clock=time.monotonic):
+                 clock=time.monotonic, requests=None):
         self.rank, self.world, self.watch = rank, world, watch
+        self.requests = requests        # rank 0's RequestWatch (elastic runs), or None
         self.group = dist.new_group(backend="gloo") if world > 1 else None
         # rank 0's clock says when every rank polls (a step count would drift with the pace)
         self.poll_every_s, self.clock = poll_every_s, clock
@@ -80,13 +82,14 @@ class Control:
         the same point). ``failure``: this rank's error message, if it met one."""
         stop = self.watch.stop if self.watch else None
         abort = self.watch.problem if self.watch else None
+        asked = self.requests is not None and self.requests.pending is not None
         flags = torch.tensor([stop is not None, abort is not None, failure is not None,
-                              self._poll_due()], dtype=torch.int32)
+                              self._poll_due(), asked], dtype=torch.int32)
         if self.group is not None:
             dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=self.group)
-        poll = bool(flags[3])
+        poll, checkpoint = bool(flags[3]), bool(flags[4])
         if not flags[:3].any():
-            return Verdict(poll=poll)
+            return Verdict(poll=poll, checkpoint=checkpoint)
         # rare: share the words (rank 0's lease state, every rank's failure)
         mine = {"stop": stop, "abort": abort, "failure": failure}
         everyone = [mine]
@@ -96,8 +99,41 @@ class Control:
         failures = [f"rank {r}: {m['failure']}" if self.world > 1 else m["failure"]
                     for r, m in enumerate(everyone) if m["failure"]]
         return Verdict(stop=everyone[0]["stop"], abort=everyone[0]["abort"],
-                       failure="; ".join(failures) or None, poll=poll)
+                       failure="; ".join(failures) or None, poll=poll, checkpoint=checkpoint)
 
     def close(self) -> None:
         if self.watch:
             self.watch.close()
+        if self.requests:
+            self.requests.close()
+
+
+class RequestWatch:
+    """Rank 0's side of the controller's checkpoint requests (``elastic.ElasticCallback``): a
+    thread waits on ``requests`` (a queue; blocking gets, never on the step path) and holds
+    the newest one in ``pending`` until ``answer`` puts the checkpoint's iteration on
+    ``replies``."""
+
+    def __init__(self, requests, replies):
+        import threading
+        self.requests, self.replies, self.pending = requests, replies, None
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._wait, name="lmc-requests", daemon=True)
+        self._thread.start()
+
+    def _wait(self) -> None:
+        while not self._closed.is_set():
+            try:
+                self.pending = self.requests.get(timeout=1.0)
+            except Exception:           # empty after the timeout, or the queue is gone
+                self._closed.wait(0.5)
+
+    def answer(self, iteration: int) -> None:
+        request, self.pending = self.pending, None
+        try:
+            self.replies.put({"request": request, "iteration": iteration}, timeout=10)
+        except Exception:               # the controller stopped waiting: it resizes anyway
+            pass
+
+    def close(self) -> None:
+        self._closed.set()

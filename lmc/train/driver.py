@@ -39,7 +39,7 @@ from ..model import LMCModel
 from ..protocols import Protocol, protocol_for
 from ..reference import CheckpointError, load_matching
 from .checkpoints import RunCheckpoints
-from .elastic import SkipDrainingNodes
+from .elastic import ElasticCallback
 from .lease import RunLease
 from .placement import _alive_nodes, _has_autoscaler, check_placement, worker_resources
 from .progress import Console
@@ -283,15 +283,19 @@ def _fit(cfg, settings, plan: Plan, lease, hooks, callbacks, verbose) -> dict:
     # the progress queue lives on the driver's node: on a worker node it would die with it
     here = ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(
         ray.get_runtime_context().get_node_id(), soft=False)
-    progress = Queue(maxsize=256, actor_options={"num_cpus": 0, "scheduling_strategy": here}
-                     ) if verbose else None
+    on_driver = {"num_cpus": 0, "scheduling_strategy": here}
+    progress = Queue(maxsize=256, actor_options=on_driver) if verbose else None
+    # elastic runs: the controller asks the workers for a checkpoint before it grows them
+    resize_requests = ((Queue(actor_options=on_driver), Queue(actor_options=on_driver))
+                       if settings.elastic else None)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"model": cfg, "settings": settings, "protocol": plan.protocol,
                            "run_uri": plan.run_uri, "hooks": list(hooks),
                            "submission": uuid.uuid4().hex, "s3_env": s3_env(settings),
                            "lease_owner": lease.holder.owner, "changes": plan.changes,
-                           "data_fingerprint": plan.data_fingerprint, "progress": progress},
+                           "data_fingerprint": plan.data_fingerprint, "progress": progress,
+                           "resize_requests": resize_requests},
         scaling_config=ScalingConfig(
             num_workers=((settings.min_workers, settings.num_workers) if settings.elastic
                          else settings.num_workers),
@@ -304,8 +308,8 @@ def _fit(cfg, settings, plan: Plan, lease, hooks, callbacks, verbose) -> dict:
             failure_config=FailureConfig(max_failures=settings.max_failures,
                                          max_preemption_failures=settings.max_preemptions),
             callbacks=list(callbacks or []) + (
-                [SkipDrainingNodes(settings.min_workers, per_worker)] if settings.elastic
-                else [])),
+                [ElasticCallback(settings.min_workers, per_worker, *resize_requests)]
+                if settings.elastic else [])),
         datasets={"train": _train_dataset(settings.data, plan.facts)},
     )
     console = Console() if verbose else None

@@ -40,7 +40,7 @@ from ..model import LMCModel, unwrap
 from ..protocols import Protocol
 from ..scoring import score_windows, summarize_scores, test_windows, validation_metrics
 from .checkpoints import RunCheckpoints, checkpoint_name
-from .control import Control, describe, deterministic
+from .control import Control, RequestWatch, describe, deterministic
 from .lease import LeaseWatch
 from .progress import Pace, validation_record
 from .run_folder import ATTEMPTS_FILE, read_json, storage_location
@@ -66,6 +66,8 @@ class WorkerContext:
     progress: object = None                        # rank 0's records go to .put_nowait
     # Ray Train's preemption notice (a barrier: every rank calls it at the same step), or None
     preemption: Callable[[], object] | None = None
+    # elastic runs: (requests, replies) queues of the controller's checkpoint-before-resize
+    resize_requests: tuple | None = None
 
 
 def batch_share(batch_size: int, world: int, rank: int) -> int:
@@ -112,8 +114,11 @@ class Loop:
         torch.set_num_threads(settings.torch_threads)
         # rank 0 watches the lease (the driver's stop request, the fence on commits)
         watch = LeaseWatch(self.run, lease_owner) if lease_owner and self.rank == 0 else None
+        requests = (RequestWatch(*ctx.resize_requests)
+                    if ctx.resize_requests and self.rank == 0 else None)
         self.control = Control(self.rank, self.world, watch,
-                               poll_every_s=PREEMPTION_POLL_S if ctx.preemption else None)
+                               poll_every_s=PREEMPTION_POLL_S if ctx.preemption else None,
+                               requests=requests)
 
         state = self._build_model()
         self._restore(state)
@@ -256,6 +261,10 @@ class Loop:
                 failure = self._on_preemption_notice()
                 if failure:
                     return self._outcome("failed", failure)
+            if verdict.checkpoint:
+                failure = self._checkpoint_before_resize()
+                if failure:
+                    return self._outcome("failed", failure)
             try:
                 losses = self.step(window)
             except NonFiniteLossError as e:   # raised on every rank alike (the guard all-reduces)
@@ -314,6 +323,18 @@ class Loop:
         fresh = checkpoint_name(done) in self.checkpoints.known_good
         return self._boundary({"iteration": done, **self._throughput()}, validate=False,
                               checkpoint=not fresh)
+
+    def _checkpoint_before_resize(self) -> str | None:
+        """Ray Train is about to restart the workers larger (an elastic run's scale-up): commit
+        this step's checkpoint, which the larger group resumes from, and tell the controller
+        (rank 0). The failure message if the commit failed."""
+        done = self.align.iteration
+        fresh = checkpoint_name(done) in self.checkpoints.known_good
+        failure = self._boundary({"iteration": done, **self._throughput()}, validate=False,
+                                 checkpoint=not fresh)
+        if failure is None and self.control.requests is not None:
+            self.control.requests.answer(done)
+        return failure
 
     def _stop(self, reason: str) -> dict:
         """The driver was asked to stop: checkpoint this step (unless just done) and end."""

@@ -13,7 +13,7 @@ from .finish import finish_run
 from .loop import Loop, WorkerContext
 
 
-def ray_context(cfg, progress=None) -> WorkerContext:
+def ray_context(cfg, progress=None, resize_requests=None) -> WorkerContext:
     """This Ray Train worker's context."""
     import ray
     import ray.train
@@ -41,7 +41,7 @@ def ray_context(cfg, progress=None) -> WorkerContext:
         wrap_model=lambda core: ray.train.torch.prepare_model(
             core, parallel_strategy_kwargs={"find_unused_parameters": True}),
         open_batches=open_batches, report=ray.train.report, progress=progress,
-        preemption=ray.train.get_preemption_info)
+        preemption=ray.train.get_preemption_info, resize_requests=resize_requests)
 
 
 def train_loop_per_worker(config: dict) -> dict:
@@ -50,7 +50,8 @@ def train_loop_per_worker(config: dict) -> dict:
     os.environ.update(config["s3_env"])    # before any s3:// access on this worker
     try:
         loop = Loop(config["model"], config["settings"], config["protocol"], config["run_uri"],
-                    ray_context(config["model"], config.get("progress")), config["hooks"],
+                    ray_context(config["model"], config.get("progress"),
+                                config.get("resize_requests")), config["hooks"],
                     config["submission"], lease_owner=config.get("lease_owner"),
                     changes=config.get("changes"),
                     data_fingerprint=config.get("data_fingerprint"))
