@@ -141,6 +141,10 @@ SKIP = {
     "ray job submit --working-dir . -- python jobs/train_kth.py --data "
     "s3://my-bucket/kth-shards --storage s3://my-bucket/runs --name kth-paper --num-workers 4 "
     "--gpus": CLUSTER + ", with GPUs",
+    "ray job submit --working-dir . -- python jobs/train_kth.py --data "
+    "s3://my-bucket/kth-shards --storage s3://my-bucket/runs --name kth-paper --num-workers 2-8 "
+    "--gpus": CLUSTER + ", with spot GPU nodes; an elastic run through a preemption on a local "
+              "multi-node cluster runs in tests/test_elastic.py",
     "ray job submit --working-dir . -- python jobs/tune_kth.py --data s3://my-bucket/kth-shards "
     "--storage s3://my-bucket/runs --name kth-sweep --gpus": CLUSTER + ", with GPUs",
     "ray down cluster.yaml": CLUSTER,

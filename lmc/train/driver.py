@@ -39,7 +39,6 @@ from ..model import LMCModel
 from ..protocols import Protocol, protocol_for
 from ..reference import CheckpointError, load_matching
 from .checkpoints import RunCheckpoints
-from .elastic import ElasticCallback
 from .lease import RunLease
 from .placement import _alive_nodes, _has_autoscaler, check_placement, worker_resources
 from .progress import Console
@@ -270,6 +269,7 @@ def _fit(cfg, settings, plan: Plan, lease, hooks, callbacks, verbose) -> dict:
     from ray.train.torch import TorchTrainer
     from ray.util.queue import Queue
 
+    from .elastic import ElasticCallback
     from .trainer import train_loop_per_worker
 
     data_context = ray.data.DataContext.get_current()
