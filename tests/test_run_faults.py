@@ -287,6 +287,15 @@ def _agree(rank, world, port, outbox):
     if watch:
         watch.stop, watch.problem = None, "its lease was taken over by another job"
     got.append(control.agree())
+    # rank 0's clock says "ask Ray about preemptions now"; rank 0 holds a resize request
+
+    class Requests:
+        pending = 7 if rank == 0 else None
+
+        def close(self):
+            pass
+    timed = Control(rank, world, None, poll_every_s=0.0, requests=Requests())
+    got.append(timed.agree())
     outbox.put((rank, [dataclasses.asdict(v) for v in got]))
     dist.destroy_process_group()
 
@@ -304,9 +313,12 @@ def test_every_rank_gets_the_same_verdict():
     for p in procs:
         p.join(timeout=30)
     assert results[0] == results[1]
-    go, failed, stop, abort = results[0]
-    assert go == {"stop": None, "abort": None, "failure": None}
+    go, failed, stop, abort, timed = results[0]
+    quiet = {"poll": False, "checkpoint": False}
+    assert go == {"stop": None, "abort": None, "failure": None, **quiet}
     assert failed["failure"] == "rank 1: DataError: bad rows"
-    assert stop == {"stop": "SIGTERM", "abort": None, "failure": None}
+    assert stop == {"stop": "SIGTERM", "abort": None, "failure": None, **quiet}
     assert abort["abort"] == "its lease was taken over by another job"
+    assert timed == {"stop": None, "abort": None, "failure": None, "poll": True,
+                     "checkpoint": True}
     assert torch.distributed.is_available()

@@ -206,9 +206,14 @@ def test_relative_paths_reach_the_workers_absolute(tmp_path, monkeypatch):
     assert absolute_paths(s3) == s3
 
 
-def test_global_batch_must_split_over_workers(shards, tmp_path):
-    with pytest.raises(lmc.ConfigError, match="batch_size"):
-        validate(dataclasses.replace(CFG, batch_size=3), settings(shards, tmp_path, "x"))
+def test_global_batch_must_give_every_worker_a_window(shards, tmp_path):
+    """Uneven splits are fine (each rank weighs its loss by its share); fewer windows than
+    the most workers a run may have are not."""
+    validate(dataclasses.replace(CFG, batch_size=3), settings(shards, tmp_path, "x"))
+    with pytest.raises(lmc.ConfigError, match=r"config field 'batch_size' = 3 is invalid; "
+                       r"allowed: at least one window per worker, >= 4 \(--num-workers 2-4\)"):
+        validate(dataclasses.replace(CFG, batch_size=3),
+                 settings(shards, tmp_path, "y", num_workers=(2, 4)))
 
 
 @pytest.mark.slow  # one single-worker start: ~25 s

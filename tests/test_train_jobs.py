@@ -156,7 +156,8 @@ def test_every_run_setting_has_a_flag_named_after_it():
     from lmc.train import RunSettings
     from lmc.train.cli import build_parser
 
-    fields = dataclasses.fields(RunSettings)
+    # min_workers has no flag of its own: --num-workers MIN-MAX sets it (below)
+    fields = [f for f in dataclasses.fields(RunSettings) if f.name != "min_workers"]
     assert {f.name: settings_flag(f) for f in fields
             if settings_flag(f) != "--" + f.name.replace("_", "-")} == {
         "use_gpu": "--gpus", "num_to_keep": "--keep-checkpoints"}
@@ -178,6 +179,20 @@ def test_every_run_setting_has_a_flag_named_after_it():
             argv = [settings_flag(f), str(value)]
         args = parser.parse_args(base + argv)          # (a later --data/--storage/--name wins)
         assert getattr(settings_from_args(args, RunSettings), f.name) == value, f.name
+    elastic = settings_from_args(parser.parse_args(base + ["--num-workers", "2-5"]), RunSettings)
+    assert (elastic.min_workers, elastic.num_workers, elastic.workers) == (2, 5, "2-5")
+    assert defaults.min_workers is None and not defaults.elastic
+
+
+@pytest.mark.parametrize("value, why", [
+    ("2-x", "allowed: a number of workers (4) or an elastic range MIN-MAX (2-8)"),
+    ("5-2", "an elastic range MIN-MAX needs 1 <= MIN <= MAX"),
+    ("0-2", "an elastic range MIN-MAX needs 1 <= MIN <= MAX")])
+def test_a_bad_worker_range_is_one_line_naming_the_flag(value, why, capsys):
+    from lmc.train.cli import build_parser
+    with pytest.raises(SystemExit):
+        build_parser("kth").parse_args(["--num-workers", value])
+    assert f"argument --num-workers: --num-workers '{value}': {why}" in capsys.readouterr().err
 
 
 def test_one_error_format_for_config_run_and_sweep_settings():
