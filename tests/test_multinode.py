@@ -162,6 +162,7 @@ def test_a_lost_node_is_replaced_and_the_run_resumes(cluster, s3, s3_server, vid
     before = committed()
     upper = before + every
     replacement = cluster.add_node(cpus=1)           # ... and a new machine joins
+    joined_at = time.time()
     while client.get_job_status(job) not in (JobStatus.SUCCEEDED, JobStatus.FAILED,
                                              JobStatus.STOPPED):
         assert time.time() < deadline + 600, "the run did not finish"
@@ -181,7 +182,8 @@ def test_a_lost_node_is_replaced_and_the_run_resumes(cluster, s3, s3_server, vid
     assert [h["iteration"] for h in m["loss_history"]][-1] == total
     recovery = restart["first_step_at"] - killed_at
     print(f"\nnode lost at checkpoint {before}: resumed from {restart['iteration']}, first step "
-          f"{recovery:.1f} s after the kill")
+          f"{recovery:.1f} s after the kill ({restart['first_step_at'] - joined_at:.1f} s after "
+          f"the replacement joined, {joined_at - killed_at:.1f} s after the kill)")
     assert recovery > 0
 
 
