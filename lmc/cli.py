@@ -124,7 +124,7 @@ def add_settings_flags(p: argparse.ArgumentParser, cls, *, skip: tuple[str, ...]
     g = p.add_argument_group(title) if title else p
     defaults, helps = defaults or {}, helps or {}
     for f in dataclasses.fields(cls):
-        if f.name in skip or f.metadata.get("flag", "") is None:     # None: set through another
+        if f.name in skip or not has_flag(f):
             continue
         kind = field_type(f)
         if f.name in defaults:
@@ -158,6 +158,12 @@ def add_settings_flags(p: argparse.ArgumentParser, cls, *, skip: tuple[str, ...]
         g.add_argument(settings_flag(f), help=text.strip() or None, **kw)
 
 
+def has_flag(f: dataclasses.Field) -> bool:
+    """Whether a settings field has a flag of its own (metadata "flag": None: another flag sets
+    it, as ``--num-workers MIN-MAX`` sets ``RunSettings.min_workers``)."""
+    return f.metadata.get("flag", "") is not None
+
+
 def _argument_type(parse):
     """A field's own parser as an argparse type: its error message is argparse's."""
     def convert(text: str):
@@ -173,5 +179,5 @@ def settings_from_args(a: argparse.Namespace, cls, *, skip: tuple[str, ...] = ()
     """``cls`` (validated as it is made) from the flags of ``add_settings_flags``; ``values``
     set fields a job decides itself, ``skip``ped fields keep the dataclass's default."""
     given = {f.name: getattr(a, f.name) for f in dataclasses.fields(cls)
-             if f.name not in skip and f.name not in values and hasattr(a, f.name)}
+             if f.name not in skip and f.name not in values and has_flag(f)}
     return cls(**given, **values)

@@ -110,6 +110,10 @@ def parse_notice(body: bytes) -> Notice:
 def this_node_id(address: str | None) -> str:
     """The id of the Ray node on this machine (a driver joins its local raylet, asks, leaves)."""
     import ray
+
+    from pipeline.cluster import probe
+    if address:
+        probe(address)          # a dead address fails in seconds (ray.init would wait minutes)
     ray.init(address=address or "auto", log_to_driver=False, logging_level="ERROR")
     try:
         return ray.get_runtime_context().get_node_id()
@@ -182,7 +186,13 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if not a.poll_s > 0:
         p.error(f"--poll-s {a.poll_s}: allowed: a number of seconds > 0")
-    node = a.node_id or this_node_id(a.address)
+    try:
+        node = a.node_id or this_node_id(a.address)
+    except Exception as e:          # no Ray node on this machine, or the address is wrong
+        print(f"spot watcher: error: cannot find this machine's Ray node ({type(e).__name__}: "
+              f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}); start Ray here "
+              "first (`ray start --address ...`), or pass --node-id and --address", file=sys.stderr)
+        return 1
     print(f"spot watcher: node {node}: polling {a.metadata_url}{NOTICE_PATH} every "
           f"{a.poll_s:g} s", flush=True)
     watch(AwsSpotMetadata(a.metadata_url), ray_drain(node, a.address), poll_s=a.poll_s,

@@ -10,7 +10,8 @@ import pytest
 
 from lmc.train import elastic
 from lmc.train.control import RequestWatch
-from lmc.train.elastic import ElasticCallback, workers_that_fit
+from lmc.train.elastic import ElasticCallback
+from lmc.train.placement import workers_that_fit
 
 
 @dataclass

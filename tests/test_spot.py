@@ -118,3 +118,22 @@ def test_the_watcher_command_refuses_a_bad_poll_interval(capsys):
     with pytest.raises(SystemExit):
         main(["--poll-s", "0", "--node-id", "x"])
     assert "--poll-s 0.0: allowed: a number of seconds > 0" in capsys.readouterr().err
+
+
+def test_the_watcher_command_without_a_ray_node_is_one_clear_error():
+    """Started where no Ray node answers (the address is dead): exit 1 in seconds with one
+    line that says what to do, not ray.init's minutes of retries or a traceback."""
+    import os
+    import subprocess
+    import sys
+    import time
+    dead = f"127.0.0.1:{free_port()}"
+    t0 = time.time()
+    out = subprocess.run([sys.executable, "-m", "pipeline.spot", "--address", dead],
+                         capture_output=True, text=True, timeout=120,
+                         env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert out.returncode == 1 and time.time() - t0 < 30
+    assert out.stderr.startswith("spot watcher: error: cannot find this machine's Ray node")
+    assert f"no Ray cluster answers at {dead}" in out.stderr
+    assert "Traceback" not in out.stderr

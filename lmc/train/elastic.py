@@ -12,19 +12,12 @@ at once on the nodes that stay. Ray is imported where it is used (this runs in t
 """
 from __future__ import annotations
 
+from .placement import _alive_nodes, workers_that_fit
+
 try:   # the controller-side hook interface (Ray Train V2; internal, no public equivalent yet)
     from ray.train.v2._internal.execution.callback import ControllerCallback
 except ImportError:                                      # pragma: no cover - older Ray
     ControllerCallback = object
-
-
-def workers_that_fit(per_worker: dict, nodes: list[dict]) -> int:
-    """How many workers of ``per_worker`` resources fit on ``nodes`` (each {"resources"})."""
-    need = {r: v for r, v in per_worker.items() if v > 0}
-    if not need:
-        return 1 << 30
-    return sum(int(min(n["resources"].get(r, 0.0) / v for r, v in need.items()) + 1e-9)
-               for n in nodes)
 
 
 # How long the controller waits for the workers' checkpoint before a grow restarts them anyway
@@ -73,7 +66,6 @@ def _nodes_that_stay() -> list[dict] | None:
     import ray
     try:
         draining = ray._private.state.state.get_draining_nodes() or {}
-        return [{"id": n["NodeID"], "resources": n.get("Resources", {})}
-                for n in ray.nodes() if n.get("Alive") and n["NodeID"] not in draining]
+        return [n for n in _alive_nodes() if n["id"] not in draining]
     except Exception:
         return None

@@ -127,7 +127,6 @@ class Loop:
         share = batch_share(cfg.batch_size, self.world, self.rank)
         self.align.loss_weight = self.world * share / cfg.batch_size
         self.batches = ctx.open_batches(share, self.start)
-        self.preemption_handled = False     # this attempt took its just-in-time checkpoint
         # rank 0's pace, for the driver's progress lines (None: nobody shows them)
         self.progress = ctx.progress if self.rank == 0 else None
         self.pace = Pace(cfg.iterations, self.start, cfg.batch_size)
@@ -305,9 +304,8 @@ class Loop:
         commits a just-in-time checkpoint at this step boundary and carries on until Ray Train
         restarts it on the nodes that stay. The failure message if the commit failed."""
         info = self.ctx.preemption()
-        if info is None or self.preemption_handled:
+        if info is None or "preemption" in self.attempts[-1]:     # none, or handled already
             return None
-        self.preemption_handled = True
         done = self.align.iteration
         deadline = info.deadline_ms / 1000 if info.deadline_ms else None
         self.attempts[-1]["preemption"] = {
@@ -320,28 +318,29 @@ class Loop:
             f"{', '.join(map(str, info.preempted_ranks))}) go"
             + (f" in {max(0.0, deadline - time.time()):.0f} s" if deadline else "")
             + "; checkpointing now")})
-        fresh = checkpoint_name(done) in self.checkpoints.known_good
-        return self._boundary({"iteration": done, **self._throughput()}, validate=False,
-                              checkpoint=not fresh)
+        return self._checkpoint_here()
 
     def _checkpoint_before_resize(self) -> str | None:
         """Ray Train is about to restart the workers larger (an elastic run's scale-up): commit
         this step's checkpoint, which the larger group resumes from, and tell the controller
         (rank 0). The failure message if the commit failed."""
+        failure = self._checkpoint_here()
+        if failure is None and self.control.requests is not None:
+            self.control.requests.answer(self.align.iteration)
+        return failure
+
+    def _checkpoint_here(self) -> str | None:
+        """Every rank: commit this step's checkpoint at a boundary (unless it is committed
+        already, or nothing was trained since this attempt's start); the failure message if
+        the commit failed."""
         done = self.align.iteration
         fresh = checkpoint_name(done) in self.checkpoints.known_good
-        failure = self._boundary({"iteration": done, **self._throughput()}, validate=False,
-                                 checkpoint=not fresh)
-        if failure is None and self.control.requests is not None:
-            self.control.requests.answer(done)
-        return failure
+        return self._boundary({"iteration": done, **self._throughput()}, validate=False,
+                              checkpoint=not fresh and done > self.start)
 
     def _stop(self, reason: str) -> dict:
         """The driver was asked to stop: checkpoint this step (unless just done) and end."""
-        done = self.align.iteration
-        fresh = checkpoint_name(done) in self.checkpoints.known_good
-        failure = self._boundary({"iteration": done, **self._throughput()}, validate=False,
-                                 checkpoint=not fresh and done > self.start)
+        failure = self._checkpoint_here()
         if failure:
             return self._outcome("failed", failure)
         return self._outcome("stopped", reason)

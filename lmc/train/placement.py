@@ -30,6 +30,15 @@ def worker_resources(s: RunSettings, nodes: list[dict], log=print) -> dict:
     return {"CPU": cpw, **gpu}
 
 
+def workers_that_fit(per_worker: dict, nodes: list[dict]) -> int:
+    """How many workers of ``per_worker`` resources fit on ``nodes`` (each {"resources"})."""
+    need = {r: v for r, v in per_worker.items() if v > 0}
+    if not need:
+        return 1 << 30
+    return sum(int(min(n["resources"].get(r, 0.0) / v for r, v in need.items()) + 1e-9)
+               for n in nodes)
+
+
 def check_placement(s: RunSettings, per_worker: dict, nodes: list[dict], *,
                     autoscaling=False, log=print) -> None:
     """Fail early, naming the flag, the request and what the cluster has, when the workers'
@@ -62,8 +71,7 @@ def check_placement(s: RunSettings, per_worker: dict, nodes: list[dict], *,
                                                            for n in nodes):
         problem = (f"--placement-strategy STRICT_PACK puts all {s.num_workers} workers on one "
                    "node, but no node can hold them all")
-    elif sum(int(min(n["resources"].get(r, 0) / v for r, v in per_worker.items()) + 1e-9)
-             for n in nodes) < least:
+    elif workers_that_fit(per_worker, nodes) < least:
         problem = f"the cluster cannot hold {want} at once (--num-workers)"
     if problem is None:
         return
