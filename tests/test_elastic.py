@@ -78,9 +78,17 @@ class Job:
         while text not in (log := self.logs()):
             assert self.client.get_job_status(self.id) not in (
                 JobStatus.FAILED, JobStatus.STOPPED, JobStatus.SUCCEEDED), log[-3000:]
-            assert time.time() < deadline, f"no {text!r} within {timeout_s} s:\n{log[-3000:]}"
+            assert time.time() < deadline, (f"no {text!r} within {timeout_s} s; the attempts: "
+                                            f"{self.attempt_lines(log)}\n{log[-3000:]}")
             time.sleep(0.5)
         return log
+
+    @staticmethod
+    def attempt_lines(log: str) -> list[str]:
+        """The console's attempt and notice lines (what happened, for a failure message)."""
+        return [line for line in log.splitlines()
+                if line.startswith(("attempt ", "preemption notice"))
+                or "would include nodes" in line or "resiz" in line]
 
     def checkpoints(self) -> list[int]:
         """Iterations of the committed checkpoints (checkpoint.json, written last, is there)."""
@@ -151,7 +159,7 @@ def test_elastic_run_checkpoints_on_the_notice_shrinks_and_grows_back(cluster, s
     time.sleep(RESIZE_S)
     c = cluster.add_node(cpus=2)                      # a replacement joins
     joined_at = time.time()
-    job.wait_for("attempt 3 training on 2 worker(s)", timeout_s=240)
+    job.wait_for("training on 2 worker(s) (scale-up", timeout_s=240)
     time.sleep(3)
     attempts = job.stop()
 
